@@ -1,0 +1,58 @@
+"""aqueue: an asyncio-native task queue for RabbitMQ.
+
+Put ``@aqueue.actor`` on a function, ``await fn.send(...)`` from your service and
+run ``aqueue worker your.module``.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .actor import Actor, actor
+from .broker import Broker, get_broker, set_broker
+from .brokers.rabbitmq import RabbitmqBroker
+from .errors import (
+    ActorDefinitionError,
+    ActorNotFound,
+    AqueueError,
+    BrokerConnectionError,
+    BrokerError,
+    MessageDecodeError,
+    NackedError,
+    PublishError,
+    UnroutableError,
+    ValidationError,
+    WorkerError,
+)
+from .message import Message
+from .worker import Worker
+
+try:
+    __version__ = version("aqueue")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    # actors and messages
+    "Actor",
+    "Message",
+    "actor",
+    # brokers
+    "Broker",
+    "RabbitmqBroker",
+    "get_broker",
+    "set_broker",
+    # workers
+    "Worker",
+    # errors
+    "ActorDefinitionError",
+    "ActorNotFound",
+    "AqueueError",
+    "BrokerConnectionError",
+    "BrokerError",
+    "MessageDecodeError",
+    "NackedError",
+    "PublishError",
+    "UnroutableError",
+    "ValidationError",
+    "WorkerError",
+    "__version__",
+]

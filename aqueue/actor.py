@@ -1,0 +1,191 @@
+"""Actors: functions that run on a worker when a message names them."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from ._arguments import ArgumentSpec
+from .errors import ActorDefinitionError, ValidationError
+from .message import Message
+from .topology import validate_actor_name, validate_queue_name
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+__all__ = ["Actor", "actor"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_QUEUE_NAME = "default"
+
+
+class Actor(Generic[P, R]):
+    """A function registered with a broker, callable in-process or through a queue.
+
+    Build actors with :func:`actor` or :meth:`Broker.actor`, not directly.
+
+    Attributes:
+        fn: The wrapped function.
+        broker: The broker the actor is registered with.
+        actor_name: The name messages use to address it.
+        queue_name: The queue its messages go to.
+        concurrency: How many of its messages one worker process runs at once
+            (``None``: the worker's default).
+        options: Middleware options set at decoration time.
+        is_async: Whether ``fn`` is a coroutine function (runs on the event loop)
+            rather than a plain function (runs in the worker's thread pool).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        broker: Broker,
+        actor_name: str,
+        queue_name: str,
+        concurrency: int | None,
+        options: dict[str, Any],
+    ) -> None:
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise ActorDefinitionError(
+                f"actor {actor_name!r}: generator functions cannot be actors"
+            )
+        if not callable(fn):
+            raise ActorDefinitionError(f"actor {actor_name!r}: {fn!r} is not callable")
+        if concurrency is not None and (
+            not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1
+        ):
+            raise ActorDefinitionError(
+                f"actor {actor_name!r}: concurrency must be a positive int, not {concurrency!r}"
+            )
+        self.fn = fn
+        self.broker = broker
+        self.actor_name = validate_actor_name(actor_name)
+        self.queue_name = validate_queue_name(queue_name)
+        self.concurrency = concurrency
+        self.options = options
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.arguments = ArgumentSpec(fn, actor_name)
+        self.__doc__ = getattr(fn, "__doc__", None)
+        self.__wrapped__ = fn
+        broker.register(self)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function directly, in this process (for tests and scripts)."""
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Actor({self.actor_name!r}, queue_name={self.queue_name!r})"
+
+    def message(self, *args: P.args, **kwargs: P.kwargs) -> Message:
+        """Build a message for this actor without sending it; arguments are validated."""
+        return self.message_with_options(args=args, kwargs=kwargs)
+
+    def message_with_options(
+        self,
+        *,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Message:
+        """Build a message with per-message options; arguments and options are validated."""
+        kwargs = {} if kwargs is None else kwargs
+        if not isinstance(args, (tuple, list)):
+            raise ValidationError(f"{self.actor_name}(): args must be a tuple or list")
+        if not isinstance(kwargs, dict):
+            raise ValidationError(f"{self.actor_name}(): kwargs must be a dict")
+        self.arguments.check(args, kwargs)
+        if options:
+            self.broker.check_options(options, owner=f"message for actor {self.actor_name!r}")
+        return Message(
+            queue_name=self.queue_name,
+            actor_name=self.actor_name,
+            args=tuple(args),
+            kwargs=kwargs,
+            options=options,
+        )
+
+    async def send(self, *args: P.args, **kwargs: P.kwargs) -> Message:
+        """Enqueue a call of this actor; returns once the broker confirmed the message.
+
+        Raises:
+            ValidationError: the arguments do not fit the function's signature and type hints
+                (nothing is published).
+            BrokerConnectionError: the broker could not be reached in time.
+            PublishError: the broker refused or could not route the message.
+        """
+        return await self.broker.enqueue(self.message_with_options(args=args, kwargs=kwargs))
+
+    async def send_with_options(
+        self,
+        *,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Message:
+        """Like :meth:`send`, with per-message options that override the actor's."""
+        message = self.message_with_options(args=args, kwargs=kwargs, **options)
+        return await self.broker.enqueue(message)
+
+
+@overload
+def actor(fn: Callable[P, R], /) -> Actor[P, R]: ...
+
+
+@overload
+def actor(
+    *,
+    actor_name: str | None = None,
+    queue_name: str = DEFAULT_QUEUE_NAME,
+    concurrency: int | None = None,
+    broker: Broker | None = None,
+    **options: Any,
+) -> Callable[[Callable[P, R]], Actor[P, R]]: ...
+
+
+def actor(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    actor_name: str | None = None,
+    queue_name: str = DEFAULT_QUEUE_NAME,
+    concurrency: int | None = None,
+    broker: Broker | None = None,
+    **options: Any,
+) -> Actor[P, R] | Callable[[Callable[P, R]], Actor[P, R]]:
+    """Declare an actor: ``@actor`` or ``@actor(queue_name=..., ...)``.
+
+    Args:
+        actor_name: The name messages address it by (default: the function's name).
+        queue_name: The queue its messages go to (default ``"default"``).
+        concurrency: How many of its messages one worker process runs at once
+            (default: the worker's ``concurrency`` for ``async def`` actors, its
+            ``threads`` for blocking ones).
+        broker: The broker to register with (default: :func:`aqueue.get_broker`).
+        **options: Options accepted by the broker's middleware; anything else is an
+            :class:`~aqueue.ActorDefinitionError`.
+    """
+
+    def decorator(fn: Callable[P, R]) -> Actor[P, R]:
+        from .broker import get_broker
+
+        target = broker if broker is not None else get_broker()
+        name = actor_name if actor_name is not None else getattr(fn, "__name__", None)
+        if name is None:
+            raise ActorDefinitionError(f"{fn!r} has no __name__; pass actor_name=...")
+        target.check_options(options, owner=f"actor {name!r}")
+        return Actor(
+            fn,
+            broker=target,
+            actor_name=name,
+            queue_name=queue_name,
+            concurrency=concurrency,
+            options=options,
+        )
+
+    if fn is not None:
+        return decorator(fn)
+    return decorator

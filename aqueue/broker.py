@@ -1,0 +1,228 @@
+"""The broker interface shared by every broker, and the process-wide default broker."""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
+
+import anyio
+
+from .errors import ActorDefinitionError, ActorNotFound
+from .message import Message
+
+if TYPE_CHECKING:
+    from typing import ParamSpec
+
+    from .actor import Actor
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
+
+__all__ = ["Broker", "Consumer", "Delivery", "get_broker", "set_broker"]
+
+#: Options every actor accepts, whatever the middleware.
+CORE_ACTOR_OPTIONS = frozenset({"actor_name", "queue_name", "concurrency", "broker"})
+
+_B = TypeVar("_B", bound="Broker")
+
+
+class Delivery(Protocol):
+    """One message handed to a worker by a broker, to be settled exactly once."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def redelivered(self) -> bool: ...
+
+    async def ack(self) -> None:
+        """Tell the broker the message is done with."""
+
+    async def requeue(self) -> None:
+        """Give the message back to its queue, to be delivered again."""
+
+
+class Consumer(Protocol):
+    """A subscription of a worker to one queue."""
+
+    async def cancel(self) -> None:
+        """Stop receiving new deliveries; deliveries already received stay valid."""
+
+    async def close(self) -> None:
+        """Release the subscription; unsettled deliveries go back to the queue."""
+
+
+DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+
+
+class Broker(abc.ABC):
+    """What every broker offers: actors, sending, consuming, dead-lettering and joining.
+
+    Attributes:
+        actors: The registered actors by name.
+    """
+
+    def __init__(self) -> None:
+        self.actors: dict[str, Actor[Any, Any]] = {}
+        # Deliveries of each queue being processed in this process; join() waits for them.
+        self._in_flight: dict[str, int] = {}
+
+    # -- actors ---------------------------------------------------------------------------
+
+    @overload
+    def actor(self, fn: Callable[P, R], /) -> Actor[P, R]: ...
+
+    @overload
+    def actor(self, /, **options: Any) -> Callable[[Callable[P, R]], Actor[P, R]]: ...
+
+    def actor(
+        self, fn: Callable[P, R] | None = None, /, **options: Any
+    ) -> Actor[P, R] | Callable[[Callable[P, R]], Actor[P, R]]:
+        """Declare an actor on this broker; same options as :func:`aqueue.actor`."""
+        from .actor import actor
+
+        if fn is not None:
+            return actor(fn, broker=self, **options)  # type: ignore[call-overload,no-any-return]
+        return actor(broker=self, **options)
+
+    @property
+    def actor_options(self) -> frozenset[str]:
+        """Names of the options actors and messages of this broker may set."""
+        return CORE_ACTOR_OPTIONS
+
+    def check_options(self, options: dict[str, Any], *, owner: str) -> None:
+        """Raise ActorDefinitionError for options no middleware accepts."""
+        unknown = set(options) - self.actor_options
+        if unknown:
+            accepted = ", ".join(sorted(self.actor_options))
+            raise ActorDefinitionError(
+                f"{owner}: unknown option{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(sorted(unknown))} (accepted: {accepted})"
+            )
+
+    def register(self, actor: Actor[Any, Any]) -> None:
+        """Add an actor; called by the actor itself. Names must be unique per broker."""
+        existing = self.actors.get(actor.actor_name)
+        if existing is not None and existing.fn is not actor.fn:
+            raise ActorDefinitionError(
+                f"an actor named {actor.actor_name!r} is already registered "
+                f"({_qualname(existing.fn)}); give one of them another actor_name"
+            )
+        self.actors[actor.actor_name] = actor
+
+    def get_actor(self, actor_name: str) -> Actor[Any, Any]:
+        """The actor registered under ``actor_name``; raises ActorNotFound."""
+        try:
+            return self.actors[actor_name]
+        except KeyError:
+            raise ActorNotFound(f"no actor named {actor_name!r} is registered") from None
+
+    @property
+    def queue_names(self) -> set[str]:
+        """The queues of the registered actors."""
+        return {a.queue_name for a in self.actors.values()}
+
+    # -- connection -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the broker connection (done by itself on first use)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the broker connection."""
+
+    async def __aenter__(self: _B) -> _B:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- messages -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def enqueue(self, message: Message) -> Message:
+        """Publish ``message`` to its queue; return it once the broker confirmed it."""
+
+    @abc.abstractmethod
+    async def declare_queue(self, queue_name: str) -> None:
+        """Make sure ``queue_name`` and its dead-letter queue exist (idempotent)."""
+
+    @abc.abstractmethod
+    async def consume(
+        self, queue_name: str, *, prefetch: int, handler: DeliveryHandler
+    ) -> Consumer:
+        """Subscribe ``handler`` to ``queue_name`` with at most ``prefetch`` unsettled deliveries."""
+
+    @abc.abstractmethod
+    async def dead_letter(
+        self, queue_name: str, delivery: Delivery, reason: dict[str, str]
+    ) -> None:
+        """Move a delivery to the dead-letter queue of ``queue_name`` with ``reason`` headers."""
+
+    @abc.abstractmethod
+    async def ready_count(self, queue_name: str) -> int:
+        """How many messages wait in ``queue_name``, ready to be delivered."""
+
+    async def join(
+        self, queue_name: str, *, timeout: float | None = None, poll_interval: float = 0.02
+    ) -> None:
+        """Wait until ``queue_name`` has no ready messages and none of it is in flight here.
+
+        In flight means received by a worker in this process and not yet settled.
+        Idle must be seen on two checks in a row, so a delivery on its way from the
+        broker is not missed.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        idle_checks = 0
+        while True:
+            if self._in_flight.get(queue_name, 0) == 0 and await self.ready_count(queue_name) == 0:
+                idle_checks += 1
+                if idle_checks >= 2 and self._in_flight.get(queue_name, 0) == 0:
+                    return
+            else:
+                idle_checks = 0
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"queue {queue_name!r} was not drained within {timeout} s")
+            await anyio.sleep(poll_interval)
+
+    def _delivery_started(self, queue_name: str) -> None:
+        self._in_flight[queue_name] = self._in_flight.get(queue_name, 0) + 1
+
+    def _delivery_settled(self, queue_name: str) -> None:
+        self._in_flight[queue_name] -= 1
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+_default_broker: Broker | None = None
+
+
+def set_broker(broker: Broker) -> None:
+    """Make ``broker`` the process-wide default used by :func:`aqueue.actor`."""
+    global _default_broker
+    _default_broker = broker
+
+
+def get_broker() -> Broker:
+    """The process-wide default broker; a :class:`~aqueue.RabbitmqBroker` is made on first use."""
+    global _default_broker
+    if _default_broker is None:
+        from .brokers.rabbitmq import RabbitmqBroker
+
+        _default_broker = RabbitmqBroker()
+    return _default_broker

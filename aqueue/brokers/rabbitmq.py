@@ -1,0 +1,387 @@
+"""The RabbitMQ broker: one robust aio-pika connection per process, a channel per queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+
+from .._url import describe_url, redact_url
+from ..broker import Broker, Consumer, Delivery, DeliveryHandler
+from ..errors import BrokerConnectionError, NackedError, UnroutableError
+from ..message import Message
+from ..topology import dead_letter_queue_name, queue_arguments
+
+__all__ = ["DEFAULT_URL", "RabbitmqBroker"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+URL_ENVIRONMENT_VARIABLE = "AQUEUE_BROKER_URL"
+
+# Errors that mean "the connection or channel is gone, wait for it to come back".
+_CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ChannelClosed,
+    ConnectionError,
+    OSError,
+)
+_CONNECTION_ERRORS_OR_TIMEOUT: tuple[type[Exception], ...] = (
+    *_CONNECTION_ERRORS,
+    asyncio.TimeoutError,
+)
+
+
+class RabbitmqBroker(Broker):
+    """A broker on RabbitMQ, holding exactly one AMQP connection per process.
+
+    The connection (aio-pika's robust connection, which reconnects by itself) is
+    shared by publishing and by every consumer. Publishing goes through one channel
+    in confirm mode; each consumed queue gets a channel of its own.
+
+    Args:
+        url: ``amqp://`` or ``amqps://`` URL; default: the ``AQUEUE_BROKER_URL``
+            environment variable, else ``amqp://guest:guest@127.0.0.1:5672/``.
+            Connection parameters such as ``?heartbeat=10`` go in the URL.
+        connect_attempts: How many times ``connect()`` tries before it raises
+            :class:`~aqueue.BrokerConnectionError`.
+        connect_retry_delay: Seconds before the first retry; doubled after each.
+        publish_timeout: How long, in seconds, ``send()`` waits for the broker's
+            confirm, including waiting for a lost connection to come back, before it
+            raises :class:`~aqueue.BrokerConnectionError`.
+        reconnect_interval: Seconds between reconnection attempts after the
+            connection was lost.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        connect_attempts: int = 5,
+        connect_retry_delay: float = 0.5,
+        publish_timeout: float = 30.0,
+        reconnect_interval: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.url = url or os.environ.get(URL_ENVIRONMENT_VARIABLE) or DEFAULT_URL
+        describe_url(self.url)  # validates, with an error that never shows the password
+        if connect_attempts < 1:
+            raise ValueError("connect_attempts must be at least 1")
+        self.connect_attempts = connect_attempts
+        self.connect_retry_delay = connect_retry_delay
+        self.publish_timeout = publish_timeout
+        self.reconnect_interval = reconnect_interval
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._topology_channel: AbstractRobustChannel | None = None
+        self._connect_lock: asyncio.Lock | None = None
+        self._declared: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"RabbitmqBroker({redact_url(self.url)!r})"
+
+    # -- connection -----------------------------------------------------------------------
+
+    @property
+    def connection(self) -> AbstractRobustConnection | None:
+        """The process's single aio-pika connection, once connected."""
+        return self._connection
+
+    async def connect(self) -> None:
+        """Connect, retrying up to ``connect_attempts`` times; safe to call concurrently."""
+        if self._publish_channel is not None:
+            return
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._publish_channel is not None:
+                return
+            connection = await self._open_connection()
+            try:
+                publish_channel = connection.channel(publisher_confirms=True, on_return_raises=True)
+                await publish_channel.initialize()
+                topology_channel = connection.channel(publisher_confirms=False)
+                await topology_channel.initialize()
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection = connection
+            self._topology_channel = topology_channel
+            self._publish_channel = publish_channel  # set last: it marks "connected"
+            log.debug("connected to %s", redact_url(self.url))
+
+    async def _open_connection(self) -> AbstractRobustConnection:
+        delay = self.connect_retry_delay
+        started = time.monotonic()
+        for attempt in range(1, self.connect_attempts + 1):
+            try:
+                return await aio_pika.connect_robust(
+                    self.url,
+                    reconnect_interval=self.reconnect_interval,
+                    client_properties={
+                        "connection_name": f"aqueue {socket.gethostname()} pid {os.getpid()}"
+                    },
+                )
+            except aiormq.exceptions.AuthenticationError as exc:
+                raise BrokerConnectionError(
+                    f"RabbitMQ at {describe_url(self.url)} refused the credentials: {exc}"
+                ) from None
+            except _CONNECTION_ERRORS_OR_TIMEOUT as exc:
+                reason = _describe_error(exc)
+                if attempt == self.connect_attempts:
+                    raise BrokerConnectionError(
+                        f"cannot connect to RabbitMQ at {describe_url(self.url)} "
+                        f"({attempt} attempts in {time.monotonic() - started:.1f} s): {reason}"
+                    ) from None
+                log.warning(
+                    "cannot connect to RabbitMQ at %s (attempt %d of %d): %s; retrying in %.1f s",
+                    describe_url(self.url),
+                    attempt,
+                    self.connect_attempts,
+                    reason,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def close(self) -> None:
+        """Close the connection and every channel on it."""
+        connection, self._connection = self._connection, None
+        self._publish_channel = None
+        self._topology_channel = None
+        self._declared.clear()
+        if connection is not None:
+            await connection.close()
+
+    # -- topology -------------------------------------------------------------------------
+
+    async def declare_queue(self, queue_name: str) -> None:
+        """Declare ``queue_name`` and its dead-letter queue, once per connection."""
+        if queue_name in self._declared:
+            return
+        channel = await self._channel_for_topology()
+        await channel.declare_queue(dead_letter_queue_name(queue_name), durable=True)
+        await channel.declare_queue(queue_name, durable=True, arguments=queue_arguments(queue_name))
+        self._declared.add(queue_name)
+
+    async def _channel_for_topology(self) -> AbstractRobustChannel:
+        await self.connect()
+        assert self._topology_channel is not None
+        return self._topology_channel
+
+    async def ready_count(self, queue_name: str) -> int:
+        """The number of ready messages in ``queue_name`` (a passive declare)."""
+        channel = await self._channel_for_topology()
+        underlay = await channel.get_underlay_channel()
+        result = await underlay.queue_declare(queue_name, passive=True)
+        return int(result.message_count or 0)
+
+    # -- publishing -----------------------------------------------------------------------
+
+    async def enqueue(self, message: Message) -> Message:
+        """Publish ``message`` persistently and return once RabbitMQ confirmed it."""
+        await self.declare_queue(message.queue_name)
+        await self.publish(message.queue_name, message.encode(), message_id=message.message_id)
+        return message
+
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        headers: dict[str, Any] | None = None,
+        exchange: str = "",
+    ) -> None:
+        """Publish raw bytes, persistent and mandatory, and wait for the broker's confirm.
+
+        While the connection is down, waits for it up to ``publish_timeout``.
+
+        Raises:
+            UnroutableError: no queue is bound for ``routing_key``.
+            NackedError: the broker refused the message.
+            BrokerConnectionError: no confirm within ``publish_timeout``.
+        """
+        properties = Basic.Properties(
+            delivery_mode=2,
+            content_type="application/json",
+            message_id=message_id,
+            headers=headers,
+        )
+        deadline = time.monotonic() + self.publish_timeout
+        waiting = False
+        while True:
+            if self._publish_channel is None:
+                await self.connect()
+            channel = self._publish_channel
+            assert channel is not None
+            remaining = deadline - time.monotonic()
+            try:
+                if waiting:  # only a retry pays for a timed wait on the channel
+                    underlay = await asyncio.wait_for(channel.get_underlay_channel(), remaining)
+                else:
+                    underlay = await channel.get_underlay_channel()
+                await underlay.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=True,
+                    timeout=remaining,
+                )
+                return
+            except aiormq.exceptions.PublishError:
+                raise UnroutableError(
+                    f"RabbitMQ returned message {message_id}: no queue is bound for "
+                    f"routing key {routing_key!r} on exchange {exchange!r}"
+                ) from None
+            except aiormq.exceptions.DeliveryError as exc:
+                raise NackedError(f"RabbitMQ refused message {message_id}: {exc}") from None
+            except _CONNECTION_ERRORS_OR_TIMEOUT as exc:
+                if time.monotonic() >= deadline or isinstance(exc, asyncio.TimeoutError):
+                    raise BrokerConnectionError(
+                        f"RabbitMQ at {describe_url(self.url)} did not confirm message "
+                        f"{message_id} within {self.publish_timeout} s "
+                        f"({_describe_error(exc)}); it may or may not have been queued"
+                    ) from None
+                log.debug(
+                    "publish of %s interrupted (%r); waiting for the connection", message_id, exc
+                )
+                waiting = True
+                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    # -- consuming ------------------------------------------------------------------------
+
+    async def consume(
+        self, queue_name: str, *, prefetch: int, handler: DeliveryHandler
+    ) -> Consumer:
+        """Consume ``queue_name`` on a channel of its own with ``basic.qos(prefetch)``."""
+        await self.declare_queue(queue_name)
+        assert self._connection is not None
+        consumer = _QueueConsumer(self._connection, queue_name, prefetch, handler)
+        await consumer.start()
+        return consumer
+
+    async def dead_letter(
+        self, queue_name: str, delivery: Delivery, reason: dict[str, str]
+    ) -> None:
+        """Publish the delivery's body to ``<queue>.XQ`` with ``reason`` headers, then ack it."""
+        assert isinstance(delivery, _RabbitmqDelivery)
+        dlq = dead_letter_queue_name(queue_name)
+        await self.declare_queue(queue_name)
+        message_id = delivery.message_id or f"undecodable-{time.time_ns()}"
+        await self.publish(dlq, delivery.body, message_id=message_id, headers=reason)
+        await delivery.ack()
+
+
+class _RabbitmqDelivery:
+    __slots__ = ("_message",)
+
+    def __init__(self, message: DeliveredMessage) -> None:
+        self._message = message
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def redelivered(self) -> bool:
+        return bool(self._message.delivery.redelivered)  # type: ignore[union-attr]
+
+    @property
+    def message_id(self) -> str | None:
+        return self._message.header.properties.message_id
+
+    async def ack(self) -> None:
+        tag: int = self._message.delivery.delivery_tag  # type: ignore[union-attr,assignment]
+        try:
+            await self._message.channel.basic_ack(tag, wait=False)
+        except _CONNECTION_ERRORS as exc:
+            # The channel is gone, so RabbitMQ already put the message back in its queue.
+            log.debug("ack of delivery %s failed (%r); RabbitMQ will redeliver it", tag, exc)
+
+    async def requeue(self) -> None:
+        tag: int = self._message.delivery.delivery_tag  # type: ignore[union-attr,assignment]
+        try:
+            await self._message.channel.basic_nack(tag, requeue=True, wait=False)
+        except _CONNECTION_ERRORS as exc:
+            log.debug("requeue of delivery %s failed (%r); RabbitMQ requeues it", tag, exc)
+
+
+class _QueueConsumer:
+    """One queue consumed on its own robust channel, re-subscribed after every reopen."""
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        queue_name: str,
+        prefetch: int,
+        handler: DeliveryHandler,
+    ) -> None:
+        self._connection = connection
+        self.queue_name = queue_name
+        self._prefetch = prefetch
+        self._handler = handler
+        self._channel: AbstractRobustChannel | None = None
+        self._consumer_tag: str | None = None
+        self._cancelled = False
+
+    async def start(self) -> None:
+        channel = self._connection.channel(publisher_confirms=False)
+        await channel.initialize()
+        await channel.set_qos(prefetch_count=self._prefetch)
+        channel.reopen_callbacks.add(self._on_reopen)
+        self._channel = channel
+        await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        assert self._channel is not None
+        underlay = await self._channel.get_underlay_channel()
+        result = await underlay.basic_consume(self.queue_name, self._on_delivery)
+        self._consumer_tag = result.consumer_tag
+
+    async def _on_reopen(self, channel: Any) -> None:
+        if self._cancelled:
+            return
+        log.info("channel of queue %r reopened; consuming again", self.queue_name)
+        await self._subscribe()
+
+    async def _on_delivery(self, message: DeliveredMessage) -> None:
+        await self._handler(_RabbitmqDelivery(message))
+
+    async def cancel(self) -> None:
+        self._cancelled = True
+        if self._channel is None or self._consumer_tag is None:
+            return
+        try:
+            underlay = await asyncio.wait_for(self._channel.get_underlay_channel(), 5)
+            await underlay.basic_cancel(self._consumer_tag, timeout=5)
+        except _CONNECTION_ERRORS_OR_TIMEOUT as exc:
+            log.debug("cancel of consumer on %r failed: %r", self.queue_name, exc)
+
+    async def close(self) -> None:
+        self._cancelled = True
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            try:
+                await channel.close()
+            except _CONNECTION_ERRORS as exc:
+                log.debug("closing the channel of %r failed: %r", self.queue_name, exc)
+
+
+def _describe_error(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, asyncio.TimeoutError):
+        text = "timed out"
+    return text.splitlines()[0] if text else type(exc).__name__

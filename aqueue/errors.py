@@ -1,0 +1,80 @@
+"""The exceptions aqueue raises.
+
+Every error derives from :class:`AqueueError`::
+
+    AqueueError
+    ├── ActorDefinitionError      bad @actor options, names or signature (raised at decoration time)
+    ├── ValidationError           arguments that do not fit the actor's type hints
+    ├── ActorNotFound             a message names an actor this broker does not know
+    ├── MessageDecodeError        a body that is not a valid aqueue message
+    ├── BrokerError
+    │   ├── BrokerConnectionError the broker cannot be reached (after bounded retries or waiting)
+    │   └── PublishError          the broker did not take a message
+    │       ├── UnroutableError   no queue is bound for it (returned under ``mandatory``)
+    │       └── NackedError       the broker answered the publish with a negative confirm
+    └── WorkerError               the worker cannot start (no actors, unknown queues)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActorDefinitionError",
+    "ActorNotFound",
+    "AqueueError",
+    "BrokerConnectionError",
+    "BrokerError",
+    "MessageDecodeError",
+    "NackedError",
+    "PublishError",
+    "UnroutableError",
+    "ValidationError",
+    "WorkerError",
+]
+
+
+class AqueueError(Exception):
+    """Base class of every aqueue error."""
+
+
+class ActorDefinitionError(AqueueError, TypeError):
+    """An actor was declared with an unknown option, a bad name or an unsupported signature."""
+
+
+class ValidationError(AqueueError, TypeError, ValueError):
+    """Arguments do not match the actor's signature or type hints.
+
+    Raised by ``send()`` before anything is published, and used by the worker to
+    dead-letter a message whose arguments cannot be decoded.
+    """
+
+
+class ActorNotFound(AqueueError, LookupError):
+    """A message names an actor that is not registered with the broker."""
+
+
+class MessageDecodeError(AqueueError, ValueError):
+    """A message body is not a valid aqueue message."""
+
+
+class BrokerError(AqueueError):
+    """Something went wrong talking to the message broker."""
+
+
+class BrokerConnectionError(BrokerError, ConnectionError):
+    """The broker could not be reached, or not within the allowed time."""
+
+
+class PublishError(BrokerError):
+    """The broker did not accept a published message."""
+
+
+class UnroutableError(PublishError):
+    """The broker returned a message because no queue is bound for its routing key."""
+
+
+class NackedError(PublishError):
+    """The broker answered a publish with a negative acknowledgement."""
+
+
+class WorkerError(AqueueError):
+    """A worker cannot start with the given configuration."""

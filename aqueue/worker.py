@@ -1,0 +1,341 @@
+"""The worker: consumes queues and runs actors, async ones on the loop, blocking ones in threads."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from . import _failures
+from .actor import Actor
+from .broker import Broker, Consumer, Delivery
+from .errors import ActorNotFound, MessageDecodeError, ValidationError, WorkerError
+from .message import Message
+
+__all__ = ["Worker"]
+
+log = logging.getLogger(__name__)
+
+
+class _NotStarted(Exception):
+    """The worker began to stop while a delivery waited for a free slot."""
+
+
+@dataclass
+class _QueuePlan:
+    name: str
+    actors: list[Actor[Any, Any]]
+    prefetch: int
+    # Per-actor limits, only where prefetch alone does not bound an actor.
+    limiters: dict[str, anyio.CapacityLimiter] = field(default_factory=dict)
+
+
+class Worker:
+    """Consumes queues of a broker and runs their actors.
+
+    ``async def`` actors run on the event loop; plain ``def`` actors run in a
+    bounded thread pool, so the loop (and the connection's heartbeats) never wait
+    on them. A message is acknowledged only after its actor returned, or after it
+    was dead-lettered.
+
+    Args:
+        broker: The broker whose actors to run.
+        queues: Queues to consume (default: every queue that has an actor).
+        concurrency: Default for ``async def`` actors without their own
+            ``concurrency``: how many of one actor's messages run at once.
+        threads: Size of the thread pool for blocking actors (also their default
+            concurrency).
+        shutdown_timeout: Seconds ``stop()`` lets running actors finish before it
+            requeues what is left.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        queues: Iterable[str] | None = None,
+        concurrency: int = 100,
+        threads: int = 8,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        self.broker = broker
+        self.queues = None if queues is None else list(dict.fromkeys(queues))
+        self.concurrency = concurrency
+        self.threads = threads
+        self.shutdown_timeout = shutdown_timeout
+        self._plans: list[_QueuePlan] = []
+        self._consumers: list[Consumer] = []
+        self._running: set[asyncio.Task[Any]] = set()
+        self._waiting: set[anyio.CancelScope] = set()
+        self._idle: asyncio.Event | None = None
+        self._force: asyncio.Event | None = None
+        self._stopping = False
+        self._started = False
+        self._thread_slots = anyio.CapacityLimiter(threads)
+        self._thread_pool = anyio.CapacityLimiter(threads)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def plan(self) -> list[_QueuePlan]:
+        """Work out queues, prefetch counts and limits; WorkerError if there is nothing to run."""
+        by_queue: dict[str, list[Actor[Any, Any]]] = {}
+        for actor in self.broker.actors.values():
+            by_queue.setdefault(actor.queue_name, []).append(actor)
+        if not by_queue:
+            raise WorkerError("the broker has no actors; import the modules that declare them")
+        names = self.queues if self.queues is not None else sorted(by_queue)
+        unknown = [q for q in names if q not in by_queue]
+        if unknown:
+            raise WorkerError(
+                f"no actor uses queue{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                f"(queues with actors: {', '.join(sorted(by_queue))})"
+            )
+        plans = []
+        for name in names:
+            actors = by_queue[name]
+            plan = _QueuePlan(name=name, actors=actors, prefetch=0)
+            for actor in actors:
+                limit = self._concurrency_of(actor)
+                plan.prefetch += limit
+                if len(actors) > 1:
+                    plan.limiters[actor.actor_name] = anyio.CapacityLimiter(limit)
+            plans.append(plan)
+        return plans
+
+    def _concurrency_of(self, actor: Actor[Any, Any]) -> int:
+        if actor.is_async:
+            return actor.concurrency or self.concurrency
+        return min(actor.concurrency or self.threads, self.threads)
+
+    async def start(self) -> None:
+        """Connect, declare the queues and start consuming."""
+        if self._started:
+            return
+        self._plans = self.plan()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._force = asyncio.Event()
+        self._stopping = False
+        await self.broker.connect()
+        try:
+            for plan in self._plans:
+                handler = functools.partial(self._handle, plan)
+                consumer = await self.broker.consume(
+                    plan.name, prefetch=plan.prefetch, handler=handler
+                )
+                self._consumers.append(consumer)
+        except BaseException:
+            await self._close_consumers()
+            raise
+        self._started = True
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully: stop consuming, let running actors finish, requeue the rest.
+
+        Args:
+            timeout: Seconds to let running actors finish (default ``shutdown_timeout``).
+                What still runs then is cancelled (async actors) or abandoned
+                (threads) and its message is requeued.
+        """
+        if not self._started or self._stopping:
+            return
+        assert self._idle is not None and self._force is not None
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        self._stopping = True
+        for consumer in self._consumers:
+            await consumer.cancel()
+        for scope in list(self._waiting):
+            scope.cancel()
+        if self._running:
+            log.info("waiting up to %.1f s for %d running messages", timeout, len(self._running))
+            idle = asyncio.ensure_future(self._idle.wait())
+            forced = asyncio.ensure_future(self._force.wait())
+            await asyncio.wait({idle, forced}, timeout=timeout, return_when="FIRST_COMPLETED")
+            idle.cancel()
+            forced.cancel()
+        if self._running:
+            log.warning("%d messages did not finish in time; requeueing them", len(self._running))
+            for task in list(self._running):
+                task.cancel()
+            await asyncio.wait(set(self._running), timeout=5)
+        await self._close_consumers()
+        self._started = False
+
+    def force_stop(self) -> None:
+        """Make a ``stop()`` in progress stop waiting for running messages."""
+        if self._force is not None:
+            self._force.set()
+
+    async def _close_consumers(self) -> None:
+        consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            await consumer.close()
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- processing -----------------------------------------------------------------------
+
+    async def _handle(self, plan: _QueuePlan, delivery: Delivery) -> None:
+        task = asyncio.current_task()
+        assert task is not None and self._idle is not None
+        self.broker._delivery_started(plan.name)
+        self._running.add(task)
+        self._idle.clear()
+        try:
+            await self._process(plan, delivery)
+        finally:
+            self._running.discard(task)
+            if not self._running:
+                self._idle.set()
+            self.broker._delivery_settled(plan.name)
+
+    async def _process(self, plan: _QueuePlan, delivery: Delivery) -> None:
+        if self._stopping:
+            await delivery.requeue()
+            return
+        actor_name: str | None = None
+        try:
+            message = Message.decode(delivery.body)
+            actor_name = message.actor_name
+            actor = self.broker.get_actor(actor_name)
+            args, kwargs = actor.arguments.decode(message.args, message.kwargs)
+        except (MessageDecodeError, ActorNotFound, ValidationError) as exc:
+            await self._reject(plan.name, delivery, exc, actor_name)
+            return
+
+        try:
+            await self._run(plan, actor, args, kwargs)
+        except _NotStarted:
+            await delivery.requeue()
+            return
+        except asyncio.CancelledError:
+            await delivery.requeue()
+            raise
+        except Exception as exc:
+            log.error(
+                "actor %s failed on message %s: %s: %s",
+                actor.actor_name,
+                message.message_id,
+                type(exc).__name__,
+                exc,
+                extra=_fields(message),
+            )
+            log.debug("traceback of message %s", message.message_id, exc_info=exc)
+            headers = _failures.failure_headers(
+                _failures.FAILED, exc, queue_name=plan.name, actor_name=actor.actor_name
+            )
+            await self._dead_letter(plan.name, delivery, headers, message.message_id)
+            return
+        await delivery.ack()
+
+    async def _run(
+        self,
+        plan: _QueuePlan,
+        actor: Actor[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        limiter = plan.limiters.get(actor.actor_name)
+        if actor.is_async:
+            if limiter is None:
+                return await actor.fn(*args, **kwargs)
+            await self._acquire(limiter)
+            try:
+                return await actor.fn(*args, **kwargs)
+            finally:
+                limiter.release()
+        if limiter is not None:
+            await self._acquire(limiter)
+        try:
+            await self._acquire(self._thread_slots)
+            try:
+                call = functools.partial(actor.fn, *args, **kwargs)
+                return await anyio.to_thread.run_sync(
+                    call, abandon_on_cancel=True, limiter=self._thread_pool
+                )
+            finally:
+                self._thread_slots.release()
+        finally:
+            if limiter is not None:
+                limiter.release()
+
+    async def _acquire(self, limiter: anyio.CapacityLimiter) -> None:
+        """Take a slot; raise _NotStarted if the worker starts stopping meanwhile."""
+        try:
+            limiter.acquire_nowait()
+            return
+        except anyio.WouldBlock:
+            pass
+        with anyio.CancelScope() as scope:
+            self._waiting.add(scope)
+            try:
+                await limiter.acquire()
+            finally:
+                self._waiting.discard(scope)
+        if scope.cancelled_caught:
+            raise _NotStarted
+
+    async def _reject(
+        self, queue_name: str, delivery: Delivery, exc: Exception, actor_name: str | None
+    ) -> None:
+        reason = (
+            _failures.UNDECODABLE
+            if isinstance(exc, MessageDecodeError)
+            else _failures.UNKNOWN_ACTOR
+            if isinstance(exc, ActorNotFound)
+            else _failures.INVALID_ARGUMENTS
+        )
+        log.error(
+            "rejected a message from queue %s (%s): %s",
+            queue_name,
+            reason,
+            exc,
+            extra={"queue": queue_name, "actor": actor_name},
+        )
+        headers = _failures.failure_headers(
+            reason, exc, queue_name=queue_name, actor_name=actor_name
+        )
+        await self._dead_letter(queue_name, delivery, headers, None)
+
+    async def _dead_letter(
+        self, queue_name: str, delivery: Delivery, headers: dict[str, str], message_id: str | None
+    ) -> None:
+        try:
+            await self.broker.dead_letter(queue_name, delivery, headers)
+        except Exception as exc:
+            log.warning(
+                "could not dead-letter message %s of queue %s (%s); requeueing it",
+                message_id or "(undecodable)",
+                queue_name,
+                exc,
+            )
+            await anyio.sleep(1.0)  # no hot loop if the dead-letter queue stays unreachable
+            await delivery.requeue()
+
+
+def _fields(message: Message) -> dict[str, str]:
+    return {
+        "message_id": message.message_id,
+        "actor": message.actor_name,
+        "queue": message.queue_name,
+    }
