@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from .errors import MessageDecodeError
+from .errors import MessageDecodeError, ValidationError
 
 __all__ = ["Message"]
 
@@ -39,8 +39,17 @@ class Message(msgspec.Struct, kw_only=True):
     message_timestamp: int = msgspec.field(default_factory=lambda: int(time.time() * 1000))
 
     def encode(self) -> bytes:
-        """The message as JSON bytes."""
-        return _encoder.encode(self)
+        """The message as JSON bytes.
+
+        Raises:
+            ValidationError: an argument or option cannot be encoded as JSON.
+        """
+        try:
+            return _encoder.encode(self)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(
+                f"{self.actor_name}(): arguments cannot be encoded as JSON: {exc}"
+            ) from None
 
     @classmethod
     def decode(cls, data: bytes) -> Message:

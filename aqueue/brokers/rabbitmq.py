@@ -191,8 +191,9 @@ class RabbitmqBroker(Broker):
 
     async def enqueue(self, message: Message) -> Message:
         """Publish ``message`` persistently and return once RabbitMQ confirmed it."""
+        body = message.encode()
         await self.declare_queue(message.queue_name)
-        await self.publish(message.queue_name, message.encode(), message_id=message.message_id)
+        await self.publish(message.queue_name, body, message_id=message.message_id)
         return message
 
     async def publish(

@@ -1,0 +1,105 @@
+"""Fixtures for tests against the real RabbitMQ on 127.0.0.1:5672."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import aio_pika
+import pytest
+
+import aqueue
+
+RABBITMQ_URL = os.environ.get("AQUEUE_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def unique_name(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class RabbitAdmin:
+    """A separate connection for looking at and cleaning up queues from tests."""
+
+    def __init__(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        self.connection = connection
+        self.created: set[str] = set()
+
+    async def count(self, queue_name: str) -> int:
+        async with self.connection.channel() as channel:
+            queue = await channel.declare_queue(queue_name, passive=True)
+            return int(queue.declaration_result.message_count or 0)
+
+    async def get(self, queue_name: str) -> aio_pika.abc.AbstractIncomingMessage | None:
+        """Take one message off a queue (acked), or None when it is empty."""
+        async with self.connection.channel() as channel:
+            queue = await channel.declare_queue(queue_name, passive=True)
+            message = await queue.get(fail=False)
+            if message is not None:
+                await message.ack()
+            return message
+
+    async def publish_raw(
+        self, queue_name: str, body: bytes, headers: dict[str, object] | None = None
+    ) -> None:
+        async with self.connection.channel() as channel:
+            await channel.default_exchange.publish(
+                aio_pika.Message(body, headers=headers), routing_key=queue_name  # type: ignore[arg-type]
+            )
+
+    async def delete(self, *queue_names: str) -> None:
+        async with self.connection.channel() as channel:
+            for name in queue_names:
+                await channel.queue_delete(name)
+
+
+@pytest.fixture
+async def rabbit() -> AsyncIterator[RabbitAdmin]:
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    admin = RabbitAdmin(connection)
+    try:
+        yield admin
+    finally:
+        for name in admin.created:
+            await admin.delete(name, name + ".XQ")
+        await connection.close()
+
+
+@pytest.fixture
+def queue_name(rabbit: RabbitAdmin) -> str:
+    """A queue name of this test's own; it and its dead-letter queue are deleted afterwards."""
+    name = unique_name("q")
+    rabbit.created.add(name)
+    return name
+
+
+@pytest.fixture
+def make_queue_name(rabbit: RabbitAdmin) -> Callable[[], str]:
+    def make() -> str:
+        name = unique_name("q")
+        rabbit.created.add(name)
+        return name
+
+    return make
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[aqueue.RabbitmqBroker]:
+    b = aqueue.RabbitmqBroker(RABBITMQ_URL)
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+def rabbitmqctl(*args: str) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+
+
+def connections_of_pid(pid: int) -> list[str]:
+    """Names of the AMQP connections opened by process ``pid`` (aqueue names them)."""
+    out = rabbitmqctl("list_connections", "name", "client_properties")
+    return [line for line in out.splitlines() if f"pid {pid}" in line]
