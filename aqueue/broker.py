@@ -161,7 +161,7 @@ class Broker(abc.ABC):
     async def consume(
         self, queue_name: str, *, prefetch: int, handler: DeliveryHandler
     ) -> Consumer:
-        """Subscribe ``handler`` to ``queue_name`` with at most ``prefetch`` unsettled deliveries."""
+        """Subscribe ``handler`` to ``queue_name``, at most ``prefetch`` deliveries unsettled."""
 
     @abc.abstractmethod
     async def dead_letter(

@@ -29,6 +29,7 @@ log = logging.getLogger("aqueue.cli")
 
 EXIT_RUNTIME_ERROR = 1
 EXIT_USAGE_ERROR = 2
+SUPERVISED_ENV = "AQUEUE_WORKER_INDEX"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -134,6 +135,8 @@ async def _serve(work: Worker) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    if SUPERVISED_ENV in os.environ:
+        watchdog = asyncio.ensure_future(_stop_when_orphaned(stop))
 
     await work.start()
     try:
@@ -155,7 +158,18 @@ async def _serve(work: Worker) -> None:
     finally:
         await work.stop(timeout=0)
         await work.broker.close()
+        if SUPERVISED_ENV in os.environ:
+            watchdog.cancel()
         log.info("worker stopped")
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """A supervised worker whose supervisor died (even by SIGKILL) stops gracefully."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 - nothing to wait on but the pid
+        await asyncio.sleep(1.0)
+    log.warning("the supervising process is gone; stopping")
+    stop.set()
 
 
 def _supervise(processes: int, shutdown_timeout: float) -> int:
@@ -166,7 +180,7 @@ def _supervise(processes: int, shutdown_timeout: float) -> int:
     started_at: dict[int, float] = {}
 
     def spawn(index: int) -> None:
-        env = {**os.environ, "AQUEUE_WORKER_INDEX": str(index)}
+        env = {**os.environ, SUPERVISED_ENV: str(index)}
         # A session of its own: a terminal's Ctrl-C reaches the parent only, which forwards it.
         children[index] = subprocess.Popen(argv, env=env, start_new_session=True)
         started_at[index] = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -45,7 +46,8 @@ class RabbitAdmin:
     ) -> None:
         async with self.connection.channel() as channel:
             await channel.default_exchange.publish(
-                aio_pika.Message(body, headers=headers), routing_key=queue_name  # type: ignore[arg-type]
+                aio_pika.Message(body, headers=headers),
+                routing_key=queue_name,  # type: ignore[arg-type]
             )
 
     async def delete(self, *queue_names: str) -> None:
@@ -99,7 +101,15 @@ def rabbitmqctl(*args: str) -> str:
     ).stdout
 
 
-def connections_of_pid(pid: int) -> list[str]:
-    """Names of the AMQP connections opened by process ``pid`` (aqueue names them)."""
-    out = rabbitmqctl("list_connections", "name", "client_properties")
-    return [line for line in out.splitlines() if f"pid {pid}" in line]
+def connections_of_pid(pid: int) -> int:
+    """How many AMQP connections process ``pid`` holds (aqueue names its connection)."""
+    name = f'"aqueue {socket.gethostname()} pid {pid}"'
+    out = rabbitmqctl("list_connections", "client_properties")
+    return sum(1 for line in out.splitlines() if name in line)
+
+
+def channels_of_pid(pid: int) -> int:
+    """How many channels the connections of process ``pid`` have open."""
+    name = f'"aqueue {socket.gethostname()} pid {pid}"'
+    out = rabbitmqctl("list_connections", "client_properties", "channels")
+    return sum(int(line.rsplit("\t", 1)[1]) for line in out.splitlines() if name in line)

@@ -62,7 +62,7 @@ def test_module_level_decorator_uses_default_broker(broker: aqueue.RabbitmqBroke
 
 
 def test_unknown_option_is_an_error_at_decoration(broker: aqueue.RabbitmqBroker) -> None:
-    with pytest.raises(aqueue.ActorDefinitionError, match="unknown option.*max_retriez"):
+    with pytest.raises(aqueue.ActorDefinitionError, match=r"unknown option.*max_retriez"):
 
         @broker.actor(max_retriez=3)
         async def task() -> None: ...
@@ -72,7 +72,15 @@ def test_unknown_option_is_an_error_at_decoration(broker: aqueue.RabbitmqBroker)
 
 @pytest.mark.parametrize(
     "name",
-    ["", "has space", "bad/slash", "amq.reserved", "aqueue.delay", "x" * (MAX_NAME_BYTES + 1), "q.XQ"],
+    [
+        "",
+        "has space",
+        "bad/slash",
+        "amq.reserved",
+        "aqueue.delay",
+        "x" * (MAX_NAME_BYTES + 1),
+        "q.XQ",
+    ],
 )
 def test_invalid_queue_names_are_rejected_at_decoration(
     broker: aqueue.RabbitmqBroker, name: str
@@ -92,7 +100,9 @@ def test_invalid_actor_names_are_rejected(broker: aqueue.RabbitmqBroker, name: s
 
 
 @pytest.mark.parametrize("concurrency", [0, -1, 1.5, True])
-def test_concurrency_must_be_a_positive_int(broker: aqueue.RabbitmqBroker, concurrency: Any) -> None:
+def test_concurrency_must_be_a_positive_int(
+    broker: aqueue.RabbitmqBroker, concurrency: Any
+) -> None:
     with pytest.raises(aqueue.ActorDefinitionError, match="concurrency"):
 
         @broker.actor(concurrency=concurrency)

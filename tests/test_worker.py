@@ -106,11 +106,18 @@ async def test_arguments_are_decoded_to_the_annotated_types(
 
     @broker.actor(queue_name=queue_name)
     async def place(
-        order: Order, where: Point, when: datetime.datetime, ids: list[uuid.UUID], *, tags: dict[str, int]
+        order: Order,
+        where: Point,
+        when: datetime.datetime,
+        ids: list[uuid.UUID],
+        *,
+        tags: dict[str, int],
     ) -> None:
         received.extend([order, where, when, ids, tags])
 
-    order = Order(uuid.uuid4(), datetime.datetime(2024, 5, 1, 12, tzinfo=datetime.timezone.utc), ["a"])
+    order = Order(
+        uuid.uuid4(), datetime.datetime(2024, 5, 1, 12, tzinfo=datetime.timezone.utc), ["a"]
+    )
     when = datetime.datetime.now(datetime.timezone.utc)
     ids = [uuid.uuid4(), uuid.uuid4()]
     await place.send(order, Point(1, 2), when, ids, tags={"a": 1})
@@ -137,9 +144,7 @@ async def test_message_is_acked_only_after_the_actor_finished(
     try:
         await asyncio.wait_for(started.wait(), 10)
         # Running but unacked: another consumer's view of the queue shows it unacknowledged.
-        out = await asyncio.to_thread(
-            _rabbitmqctl_queue_counts, queue_name
-        )
+        out = await asyncio.to_thread(_rabbitmqctl_queue_counts, queue_name)
         assert out == (0, 1)
         release.set()
         await broker.join(queue_name, timeout=10)
@@ -151,14 +156,18 @@ async def test_message_is_acked_only_after_the_actor_finished(
 def _rabbitmqctl_queue_counts(queue_name: str) -> tuple[int, int]:
     from .conftest import rabbitmqctl
 
-    for line in rabbitmqctl("list_queues", "name", "messages_ready", "messages_unacknowledged").splitlines():
+    for line in rabbitmqctl(
+        "list_queues", "name", "messages_ready", "messages_unacknowledged"
+    ).splitlines():
         parts = line.split()
         if parts and parts[0] == queue_name:
             return int(parts[1]), int(parts[2])
     raise AssertionError(f"queue {queue_name} not found")
 
 
-async def test_actor_concurrency_is_respected(broker: aqueue.RabbitmqBroker, queue_name: str) -> None:
+async def test_actor_concurrency_is_respected(
+    broker: aqueue.RabbitmqBroker, queue_name: str
+) -> None:
     running = 0
     peak = 0
 
@@ -218,13 +227,13 @@ async def test_failing_actor_is_dead_lettered_with_reason_headers(
             "unknown-actor",
         ),
         (
-            b'{"queue_name": "q", "actor_name": "typed", "args": ["x"], "kwargs": {}, "options": {},'
-            b' "message_id": "m2", "message_timestamp": 0}',
+            b'{"queue_name": "q", "actor_name": "typed", "args": ["x"], "kwargs": {},'
+            b' "options": {}, "message_id": "m2", "message_timestamp": 0}',
             "invalid-arguments",
         ),
         (
-            b'{"queue_name": "q", "actor_name": "typed", "args": [1, 2], "kwargs": {}, "options": {},'
-            b' "message_id": "m3", "message_timestamp": 0}',
+            b'{"queue_name": "q", "actor_name": "typed", "args": [1, 2], "kwargs": {},'
+            b' "options": {}, "message_id": "m3", "message_timestamp": 0}',
             "invalid-arguments",
         ),
     ],

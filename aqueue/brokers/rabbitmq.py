@@ -132,7 +132,10 @@ class RabbitmqBroker(Broker):
                         "connection_name": f"aqueue {socket.gethostname()} pid {os.getpid()}"
                     },
                 )
-            except aiormq.exceptions.AuthenticationError as exc:
+            except (
+                aiormq.exceptions.AuthenticationError,
+                aiormq.exceptions.ProbableAuthenticationError,
+            ) as exc:
                 raise BrokerConnectionError(
                     f"RabbitMQ at {describe_url(self.url)} refused the credentials: {exc}"
                 ) from None
