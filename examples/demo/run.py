@@ -6,7 +6,6 @@ import asyncio
 import datetime
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,8 +20,8 @@ import aqueue  # noqa: E402
 
 async def main() -> int:
     print("starting a worker: aqueue worker tasks --threads 4")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "aqueue", "worker", "tasks", "--threads", "4"],
+    worker = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "aqueue", "worker", "tasks", "--threads", "4"],
         cwd=HERE,
         env={**os.environ, "PYTHONPATH": str(HERE)},
     )
@@ -43,12 +42,13 @@ async def main() -> int:
             await tasks.broker.join(tasks.QUEUE, timeout=60)
         # The queue is empty; SIGTERM lets the worker finish what it is running, then exit.
         worker.send_signal(signal.SIGTERM)
-        code = worker.wait(timeout=60)
+        code = await asyncio.wait_for(worker.wait(), 60)
         print(f"worker exited with {code}; all {len(sent)} tasks done")
         return code
     finally:
-        if worker.poll() is None:
+        if worker.returncode is None:
             worker.kill()
+            await worker.wait()
 
 
 if __name__ == "__main__":
