@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
+import os
 import threading
 import time
 
 import aqueue
 
 broker = aqueue.RabbitmqBroker()  # AQUEUE_BROKER_URL, else amqp://guest:guest@127.0.0.1:5672/
-QUEUE = "aqueue-demo"
+QUEUE = os.environ.get("AQUEUE_DEMO_QUEUE", "aqueue-demo")
 
 
 @broker.actor(queue_name=QUEUE)
