@@ -28,8 +28,13 @@ def failure_headers(
         "x-aqueue-exception": type(exc).__qualname__,
         "x-aqueue-error": str(exc)[:MAX_ERROR_CHARS],
         "x-aqueue-traceback": text,
-        "x-aqueue-failed-at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "x-aqueue-failed-at": now_iso(),
     }
     if actor_name is not None:
         headers["x-aqueue-actor"] = actor_name
     return headers
+
+
+def now_iso() -> str:
+    """Now, ISO 8601 in UTC."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()

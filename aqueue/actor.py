@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from ._arguments import ArgumentSpec
+from ._durations import Duration, to_seconds
 from .errors import ActorDefinitionError, ValidationError
 from .message import Message
 from .topology import validate_actor_name, validate_queue_name
@@ -99,7 +101,9 @@ class Actor(Generic[P, R]):
             raise ValidationError(f"{self.actor_name}(): kwargs must be a dict")
         self.arguments.check(args, kwargs)
         if options:
-            self.broker.check_options(options, owner=f"message for actor {self.actor_name!r}")
+            options = self.broker.normalize_options(
+                options, owner=f"message for actor {self.actor_name!r}", for_message=True
+            )
         return Message(
             queue_name=self.queue_name,
             actor_name=self.actor_name,
@@ -124,11 +128,40 @@ class Actor(Generic[P, R]):
         *,
         args: tuple[Any, ...] | list[Any] = (),
         kwargs: dict[str, Any] | None = None,
+        delay: Duration | None = None,
+        eta: datetime.datetime | None = None,
         **options: Any,
     ) -> Message:
-        """Like :meth:`send`, with per-message options that override the actor's."""
+        """Like :meth:`send`, with per-message options that override the actor's.
+
+        Args:
+            delay: Deliver after this many seconds (or this timedelta); RabbitMQ holds
+                the message meanwhile, no worker needs to run.
+            eta: Deliver at this time (a timezone-aware datetime; one in the past means now).
+            **options: Middleware options for this message only (``max_retries``,
+                ``time_limit``, ...).
+        """
         message = self.message_with_options(args=args, kwargs=kwargs, **options)
-        return await self.broker.enqueue(message)
+        return await self.broker.enqueue(message, delay=_delay_of(delay, eta))
+
+
+def _delay_of(delay: Duration | None, eta: datetime.datetime | None) -> float | None:
+    if delay is not None and eta is not None:
+        raise ValidationError("give either delay or eta, not both")
+    if eta is not None:
+        if not isinstance(eta, datetime.datetime):
+            raise ValidationError(f"eta must be a datetime, not {type(eta).__name__}")
+        if eta.tzinfo is None or eta.utcoffset() is None:
+            raise ValidationError(
+                "eta must be timezone-aware (for example datetime.now(timezone.utc) + ...)"
+            )
+        return max(0.0, (eta - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
+    if delay is None:
+        return None
+    try:
+        return to_seconds(delay, name="delay")
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 @overload
@@ -176,14 +209,14 @@ def actor(
         name = actor_name if actor_name is not None else getattr(fn, "__name__", None)
         if name is None:
             raise ActorDefinitionError(f"{fn!r} has no __name__; pass actor_name=...")
-        target.check_options(options, owner=f"actor {name!r}")
+        normalized = target.normalize_options(options, owner=f"actor {name!r}")
         return Actor(
             fn,
             broker=target,
             actor_name=name,
             queue_name=queue_name,
             concurrency=concurrency,
-            options=options,
+            options=normalized,
         )
 
     if fn is not None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import anyio
 
-from .errors import ActorDefinitionError, ActorNotFound
+from .dead_letters import DeadLetter
+from .errors import ActorDefinitionError, ActorNotFound, ValidationError
 from .message import Message
+from .middleware import Middleware, default_middleware
+from .topology import MAX_DELAY_SECONDS
 
 if TYPE_CHECKING:
     from typing import ParamSpec
@@ -65,10 +68,19 @@ class Broker(abc.ABC):
         actors: The registered actors by name.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, middleware: Iterable[Middleware] | None = None) -> None:
         self.actors: dict[str, Actor[Any, Any]] = {}
+        self.middleware: list[Middleware] = (
+            default_middleware() if middleware is None else list(middleware)
+        )
         # Deliveries of each queue being processed in this process; join() waits for them.
         self._in_flight: dict[str, int] = {}
+        # Retries this process scheduled, by queue: message id -> when to stop waiting.
+        self._pending_retries: dict[str, dict[str, float]] = {}
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Append ``middleware`` to the stack (declare actors after adding their middleware)."""
+        self.middleware.append(middleware)
 
     # -- actors ---------------------------------------------------------------------------
 
@@ -90,18 +102,38 @@ class Broker(abc.ABC):
 
     @property
     def actor_options(self) -> frozenset[str]:
-        """Names of the options actors and messages of this broker may set."""
-        return CORE_ACTOR_OPTIONS
+        """Names of the options actors of this broker may set (core and middleware)."""
+        names = set(CORE_ACTOR_OPTIONS)
+        for m in self.middleware:
+            names |= m.actor_options
+        return frozenset(names)
 
-    def check_options(self, options: dict[str, Any], *, owner: str) -> None:
-        """Raise ActorDefinitionError for options no middleware accepts."""
-        unknown = set(options) - self.actor_options
-        if unknown:
-            accepted = ", ".join(sorted(self.actor_options))
-            raise ActorDefinitionError(
-                f"{owner}: unknown option{'s' if len(unknown) > 1 else ''} "
-                f"{', '.join(sorted(unknown))} (accepted: {accepted})"
-            )
+    def normalize_options(
+        self, options: dict[str, Any], *, owner: str, for_message: bool = False
+    ) -> dict[str, Any]:
+        """Validate middleware options; return them normalized (durations as float seconds).
+
+        Raises:
+            ActorDefinitionError: for actor options (``for_message=False``).
+            ValidationError: for per-message options.
+        """
+        error: type[Exception] = ValidationError if for_message else ActorDefinitionError
+        normalized: dict[str, Any] = {}
+        for name, value in options.items():
+            owner_middleware = next((m for m in self.middleware if name in m.actor_options), None)
+            if owner_middleware is None:
+                middleware_options = self.actor_options - CORE_ACTOR_OPTIONS
+                accepted = sorted(
+                    middleware_options if for_message else self.actor_options - {"broker"}
+                )
+                raise error(f"{owner}: unknown option {name!r} (accepted: {', '.join(accepted)})")
+            if for_message and name in getattr(owner_middleware, "actor_only_options", ()):
+                raise error(f"{owner}: option {name!r} can only be set on the actor")
+            try:
+                normalized[name] = owner_middleware.normalize_option(name, value)
+            except ValueError as exc:
+                raise error(f"{owner}: {exc}") from None
+        return normalized
 
     def register(self, actor: Actor[Any, Any]) -> None:
         """Add an actor; called by the actor itself. Names must be unique per broker."""
@@ -149,9 +181,48 @@ class Broker(abc.ABC):
 
     # -- messages -------------------------------------------------------------------------
 
+    async def enqueue(self, message: Message, *, delay: float | None = None) -> Message:
+        """Publish ``message`` to its queue, after ``delay`` seconds if given.
+
+        Runs the middleware's enqueue hooks and returns once the broker confirmed it.
+        """
+        if delay is not None and delay > MAX_DELAY_SECONDS:
+            raise ValidationError(
+                f"delay of {delay:.0f} s is longer than the longest supported "
+                f"({MAX_DELAY_SECONDS:.0f} s, about {MAX_DELAY_SECONDS / 86400 / 365:.1f} years)"
+            )
+        for m in self.middleware:
+            await m.before_enqueue(self, message, delay)
+        await self._publish_message(message, delay)
+        for m in self.middleware:
+            await m.after_enqueue(self, message, delay)
+        return message
+
     @abc.abstractmethod
-    async def enqueue(self, message: Message) -> Message:
-        """Publish ``message`` to its queue; return it once the broker confirmed it."""
+    async def _publish_message(self, message: Message, delay: float | None) -> None:
+        """Publish ``message`` (after ``delay`` seconds) and wait for the confirm."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, queue_name: str, *, limit: int = 100) -> list[DeadLetter]:
+        """Read up to ``limit`` dead letters of ``queue_name`` without removing them."""
+
+    @abc.abstractmethod
+    async def requeue_dead_letters(
+        self,
+        queue_name: str,
+        *,
+        message_ids: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """Send dead letters of ``queue_name`` back to it with their retry count reset.
+
+        Each one is republished and confirmed before it is removed from the
+        dead-letter queue. Returns how many were requeued.
+
+        Args:
+            message_ids: Only these messages (default: all).
+            limit: At most this many.
+        """
 
     @abc.abstractmethod
     async def declare_queue(self, queue_name: str) -> None:
@@ -188,7 +259,11 @@ class Broker(abc.ABC):
         deadline = None if timeout is None else time.monotonic() + timeout
         idle_checks = 0
         while True:
-            if self._in_flight.get(queue_name, 0) == 0 and await self.ready_count(queue_name) == 0:
+            if (
+                self._in_flight.get(queue_name, 0) == 0
+                and not self._retries_pending(queue_name)
+                and await self.ready_count(queue_name) == 0
+            ):
                 idle_checks += 1
                 if idle_checks >= 2 and self._in_flight.get(queue_name, 0) == 0:
                     return
@@ -203,6 +278,28 @@ class Broker(abc.ABC):
 
     def _delivery_settled(self, queue_name: str) -> None:
         self._in_flight[queue_name] -= 1
+
+    def _retry_scheduled(self, message: Message, delay: float) -> None:
+        # Wait for it until it is received here, or a while after it is due (another
+        # process may consume it).
+        grace = max(2.0, delay * 0.02)
+        pending = self._pending_retries.setdefault(message.queue_name, {})
+        pending[message.message_id] = time.monotonic() + delay + grace
+
+    def _message_received(self, message: Message) -> None:
+        pending = self._pending_retries.get(message.queue_name)
+        if pending:
+            pending.pop(message.message_id, None)
+
+    def _retries_pending(self, queue_name: str) -> bool:
+        pending = self._pending_retries.get(queue_name)
+        if not pending:
+            return False
+        now = time.monotonic()
+        for message_id, until in list(pending.items()):
+            if until <= now:
+                del pending[message_id]
+        return bool(pending)
 
 
 def _qualname(fn: Callable[..., Any]) -> str:

@@ -12,7 +12,8 @@ Every error derives from :class:`AqueueError`::
     │   └── PublishError          the broker did not take a message
     │       ├── UnroutableError   no queue is bound for it (returned under ``mandatory``)
     │       └── NackedError       the broker answered the publish with a negative confirm
-    └── WorkerError               the worker cannot start (no actors, unknown queues)
+    ├── WorkerError               the worker cannot start (no actors, unknown queues)
+    └── TimeLimitExceeded         an actor ran past its time_limit (recorded as its failure)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "BrokerError",
     "MessageDecodeError",
     "NackedError",
+    "TimeLimitExceeded",
     "PublishError",
     "UnroutableError",
     "ValidationError",
@@ -78,3 +80,7 @@ class NackedError(PublishError):
 
 class WorkerError(AqueueError):
     """A worker cannot start with the given configuration."""
+
+
+class TimeLimitExceeded(AqueueError):
+    """An actor ran longer than its ``time_limit`` and was cancelled or interrupted."""

@@ -81,3 +81,53 @@ def queue_arguments(queue_name: str) -> dict[str, Any]:
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": dead_letter_queue_name(queue_name),
     }
+
+
+# -- delays ---------------------------------------------------------------------------------
+#
+# A delay of d milliseconds is written as DELAY_LEVELS binary digits in the routing key,
+# highest first, followed by the destination queue: "0.0.....1.0.1.q". Level L is a topic
+# exchange and a queue with a fixed TTL of 2**L ms. Exchange L routes a message whose bit L
+# is 1 to its queue (where it waits 2**L ms, then is dead-lettered to exchange L-1) and one
+# whose bit is 0 straight on to exchange L-1. Level 0 hands over to the delivery exchange,
+# where each work queue is bound by its name after exactly DELAY_LEVELS words. Every message
+# in one level queue has the same TTL, so expiry order is arrival order: no head-of-line
+# blocking.
+
+DELAY_LEVELS = 36
+DELAY_PREFIX = "aqueue.delay"
+DELIVERY_EXCHANGE = "aqueue.delay.deliver"
+MAX_DELAY_MS = 2**DELAY_LEVELS - 1
+MAX_DELAY_SECONDS = MAX_DELAY_MS / 1000
+
+
+def delay_level_name(level: int) -> str:
+    """The exchange and queue of delay level ``level`` (TTL 2**level ms)."""
+    return f"{DELAY_PREFIX}.{level:02d}"
+
+
+def delay_level_arguments(level: int) -> dict[str, Any]:
+    """Declaration arguments of the level queue: fixed TTL, then on to the next level down."""
+    lower = delay_level_name(level - 1) if level > 0 else DELIVERY_EXCHANGE
+    return {"x-message-ttl": 2**level, "x-dead-letter-exchange": lower}
+
+
+def delay_level_bindings(level: int) -> tuple[str, str]:
+    """Binding keys on exchange ``level``: (to its own queue when its bit is 1,
+    to the next exchange down when its bit is 0)."""
+    prefix = "*." * (DELAY_LEVELS - 1 - level)
+    return prefix + "1.#", prefix + "0.#"
+
+
+def delivery_binding_key(queue_name: str) -> str:
+    """Binding key of a work queue on the delivery exchange: exactly its own name."""
+    return "*." * DELAY_LEVELS + queue_name
+
+
+def delay_route(queue_name: str, delay_ms: int) -> tuple[str, str]:
+    """Exchange and routing key that deliver to ``queue_name`` after ``delay_ms`` ms (> 0)."""
+    if not 0 < delay_ms <= MAX_DELAY_MS:
+        raise ValueError(f"delay must be between 1 and {MAX_DELAY_MS} ms, not {delay_ms}")
+    bits = format(delay_ms, f"0{DELAY_LEVELS}b")
+    exchange = delay_level_name(delay_ms.bit_length() - 1)
+    return exchange, ".".join(bits) + "." + queue_name

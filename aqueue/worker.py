@@ -13,10 +13,20 @@ from typing import Any
 import anyio
 
 from . import _failures
+from ._threads import run_in_thread
 from .actor import Actor
 from .broker import Broker, Consumer, Delivery
-from .errors import ActorNotFound, MessageDecodeError, ValidationError, WorkerError
+from .context import MessageContext, _current
+from .errors import (
+    ActorNotFound,
+    MessageDecodeError,
+    TimeLimitExceeded,
+    ValidationError,
+    WorkerError,
+)
 from .message import Message
+from .middleware import Middleware, SkipMessage, TimeLimit
+from .middleware.base import overrides
 
 __all__ = ["Worker"]
 
@@ -83,6 +93,10 @@ class Worker:
         self._started = False
         self._thread_slots = anyio.CapacityLimiter(threads)
         self._thread_pool = anyio.CapacityLimiter(threads)
+        self._before_process: list[Middleware] = []
+        self._after_process: list[Middleware] = []
+        self._after_skip: list[Middleware] = []
+        self._time_limit: TimeLimit | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -126,7 +140,14 @@ class Worker:
         self._idle.set()
         self._force = asyncio.Event()
         self._stopping = False
+        stack = self.broker.middleware
+        self._before_process = [m for m in stack if overrides(m, "before_process_message")]
+        self._after_process = [m for m in stack if overrides(m, "after_process_message")]
+        self._after_skip = [m for m in stack if overrides(m, "after_skip_message")]
+        self._time_limit = next((m for m in stack if isinstance(m, TimeLimit)), None)
         await self.broker.connect()
+        for m in stack:
+            await m.before_worker_boot(self.broker, self)
         try:
             for plan in self._plans:
                 handler = functools.partial(self._handle, plan)
@@ -138,6 +159,8 @@ class Worker:
             await self._close_consumers()
             raise
         self._started = True
+        for m in stack:
+            await m.after_worker_boot(self.broker, self)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: stop consuming, let running actors finish, requeue the rest.
@@ -152,6 +175,8 @@ class Worker:
         assert self._idle is not None and self._force is not None
         timeout = self.shutdown_timeout if timeout is None else timeout
         self._stopping = True
+        for m in self.broker.middleware:
+            await m.before_worker_shutdown(self.broker, self)
         for consumer in self._consumers:
             await consumer.cancel()
         for scope in list(self._waiting):
@@ -170,6 +195,8 @@ class Worker:
             await asyncio.wait(set(self._running), timeout=5)
         await self._close_consumers()
         self._started = False
+        for m in self.broker.middleware:
+            await m.after_worker_shutdown(self.broker, self)
 
     def force_stop(self) -> None:
         """Make a ``stop()`` in progress stop waiting for running messages."""
@@ -222,9 +249,53 @@ class Worker:
         except (MessageDecodeError, ActorNotFound, ValidationError) as exc:
             await self._reject(plan.name, delivery, exc, actor_name)
             return
+        self.broker._message_received(message)
+        context = MessageContext(
+            broker=self.broker, message=message, actor=actor, redelivered=delivery.redelivered
+        )
+        token = _current.set(message)
+        try:
+            await self._process_context(plan, delivery, context, args, kwargs)
+        finally:
+            _current.reset(token)
+
+    async def _process_context(
+        self,
+        plan: _QueuePlan,
+        delivery: Delivery,
+        context: MessageContext,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        message = context.message
+        try:
+            for m in self._before_process:
+                await m.before_process_message(context)
+        except SkipMessage as skip:
+            for m in self._after_skip:
+                await m.after_skip_message(context)
+            if skip.dead_letter:
+                log.warning(
+                    "skipped message %s of actor %s: %s",
+                    message.message_id,
+                    message.actor_name,
+                    skip.reason,
+                    extra=_fields(message),
+                )
+                headers = {
+                    "x-aqueue-reason": skip.reason,
+                    "x-aqueue-queue": plan.name,
+                    "x-aqueue-actor": message.actor_name,
+                    "x-aqueue-failed-at": _failures.now_iso(),
+                    **context.failure_headers,
+                }
+                await self._dead_letter(plan.name, delivery, headers, message.message_id)
+            else:
+                await delivery.ack()
+            return
 
         try:
-            await self._run(plan, actor, args, kwargs)
+            context.result = await self._run(plan, context, args, kwargs)
         except _NotStarted:
             await delivery.requeue()
             return
@@ -232,47 +303,78 @@ class Worker:
             await delivery.requeue()
             raise
         except Exception as exc:
+            context.exception = exc
+
+        try:
+            for m in self._after_process:
+                await m.after_process_message(context)
+        except Exception as exc:
+            # E.g. a retry that could not be published: run the message again later.
             log.error(
-                "actor %s failed on message %s: %s: %s",
-                actor.actor_name,
+                "middleware failed after message %s (%s: %s); requeueing it",
                 message.message_id,
                 type(exc).__name__,
                 exc,
                 extra=_fields(message),
             )
-            log.debug("traceback of message %s", message.message_id, exc_info=exc)
-            headers = _failures.failure_headers(
-                _failures.FAILED, exc, queue_name=plan.name, actor_name=actor.actor_name
-            )
-            await self._dead_letter(plan.name, delivery, headers, message.message_id)
+            await anyio.sleep(1.0)
+            await delivery.requeue()
             return
-        await delivery.ack()
+
+        failure = context.exception
+        if failure is None:
+            await delivery.ack()
+            return
+        retried = context.retry_scheduled
+        log.error(
+            "actor %s failed on message %s: %s: %s%s",
+            message.actor_name,
+            message.message_id,
+            type(failure).__name__,
+            failure,
+            "; retry scheduled" if retried else "; dead-lettered",
+            extra=_fields(message),
+        )
+        log.debug("traceback of message %s", message.message_id, exc_info=failure)
+        if retried:
+            await delivery.ack()
+            return
+        headers = _failures.failure_headers(
+            _failures.FAILED, failure, queue_name=plan.name, actor_name=message.actor_name
+        )
+        headers.update(context.failure_headers)
+        await self._dead_letter(plan.name, delivery, headers, message.message_id)
 
     async def _run(
         self,
         plan: _QueuePlan,
-        actor: Actor[Any, Any],
+        context: MessageContext,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        actor = context.actor
+        time_limit = None if self._time_limit is None else self._time_limit.limit_for(context)
         limiter = plan.limiters.get(actor.actor_name)
-        if actor.is_async:
-            if limiter is None:
-                return await actor.fn(*args, **kwargs)
-            await self._acquire(limiter)
-            try:
-                return await actor.fn(*args, **kwargs)
-            finally:
-                limiter.release()
         if limiter is not None:
             await self._acquire(limiter)
         try:
+            if actor.is_async:
+                if time_limit is None:
+                    return await actor.fn(*args, **kwargs)
+                with anyio.CancelScope(deadline=anyio.current_time() + time_limit) as scope:
+                    return await actor.fn(*args, **kwargs)
+                if scope.cancelled_caught:
+                    raise _time_limit_exceeded(actor.actor_name, time_limit)
+                return None  # pragma: no cover - the scope either returned or was cancelled
             await self._acquire(self._thread_slots)
             try:
                 call = functools.partial(actor.fn, *args, **kwargs)
-                return await anyio.to_thread.run_sync(
-                    call, abandon_on_cancel=True, limiter=self._thread_pool
-                )
+                try:
+                    return await run_in_thread(
+                        call, limiter=self._thread_pool, time_limit=time_limit
+                    )
+                except TimeLimitExceeded:
+                    raise _time_limit_exceeded(actor.actor_name, time_limit) from None
             finally:
                 self._thread_slots.release()
         finally:
@@ -331,6 +433,10 @@ class Worker:
             )
             await anyio.sleep(1.0)  # no hot loop if the dead-letter queue stays unreachable
             await delivery.requeue()
+
+
+def _time_limit_exceeded(actor_name: str, limit: float | None) -> TimeLimitExceeded:
+    return TimeLimitExceeded(f"actor {actor_name} exceeded its time limit of {limit} s")
 
 
 def _fields(message: Message) -> dict[str, str]:

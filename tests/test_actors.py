@@ -213,7 +213,7 @@ async def test_send_with_options_rejects_unknown_options(broker: aqueue.Rabbitmq
     @broker.actor
     async def task() -> None: ...
 
-    with pytest.raises(aqueue.ActorDefinitionError, match="unknown option"):
+    with pytest.raises(aqueue.ValidationError, match="unknown option 'bogus'"):
         await task.send_with_options(bogus=1)
 
 

@@ -194,7 +194,7 @@ async def test_actor_concurrency_is_respected(
 async def test_failing_actor_is_dead_lettered_with_reason_headers(
     broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
 ) -> None:
-    @broker.actor(queue_name=queue_name)
+    @broker.actor(queue_name=queue_name, max_retries=0)
     async def explode(n: int) -> None:
         raise RuntimeError(f"boom {n}")
 

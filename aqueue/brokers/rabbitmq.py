@@ -3,23 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import os
 import socket
 import time
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import aio_pika
 import aiormq
+import msgspec
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from .._url import describe_url, redact_url
 from ..broker import Broker, Consumer, Delivery, DeliveryHandler
+from ..dead_letters import DeadLetter
 from ..errors import BrokerConnectionError, NackedError, UnroutableError
 from ..message import Message
-from ..topology import dead_letter_queue_name, queue_arguments
+from ..middleware import Middleware
+from ..topology import (
+    DELAY_LEVELS,
+    DELIVERY_EXCHANGE,
+    dead_letter_queue_name,
+    delay_level_arguments,
+    delay_level_bindings,
+    delay_level_name,
+    delay_route,
+    delivery_binding_key,
+    queue_arguments,
+)
 
 __all__ = ["DEFAULT_URL", "RabbitmqBroker"]
 
@@ -61,18 +77,20 @@ class RabbitmqBroker(Broker):
             raises :class:`~aqueue.BrokerConnectionError`.
         reconnect_interval: Seconds between reconnection attempts after the
             connection was lost.
+        middleware: The middleware stack (default: :func:`aqueue.middleware.default_middleware`).
     """
 
     def __init__(
         self,
         url: str | None = None,
         *,
+        middleware: Iterable[Middleware] | None = None,
         connect_attempts: int = 5,
         connect_retry_delay: float = 0.5,
         publish_timeout: float = 30.0,
         reconnect_interval: float = 1.0,
     ) -> None:
-        super().__init__()
+        super().__init__(middleware=middleware)
         self.url = url or os.environ.get(URL_ENVIRONMENT_VARIABLE) or DEFAULT_URL
         describe_url(self.url)  # validates, with an error that never shows the password
         if connect_attempts < 1:
@@ -86,6 +104,7 @@ class RabbitmqBroker(Broker):
         self._topology_channel: AbstractRobustChannel | None = None
         self._connect_lock: asyncio.Lock | None = None
         self._declared: set[str] = set()
+        self._delays_declared = False
 
     def __repr__(self) -> str:
         return f"RabbitmqBroker({redact_url(self.url)!r})"
@@ -115,6 +134,7 @@ class RabbitmqBroker(Broker):
             except BaseException:
                 await connection.close()
                 raise
+            connection.reconnect_callbacks.add(self._on_reconnect)
             self._connection = connection
             self._topology_channel = topology_channel
             self._publish_channel = publish_channel  # set last: it marks "connected"
@@ -158,46 +178,86 @@ class RabbitmqBroker(Broker):
                 delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _on_reconnect(self, *_: Any) -> None:
+        # The node may have lost non-replicated state: declare again on next use.
+        log.warning("reconnected to RabbitMQ at %s", describe_url(self.url))
+        self._declared.clear()
+        self._delays_declared = False
+
     async def close(self) -> None:
         """Close the connection and every channel on it."""
         connection, self._connection = self._connection, None
         self._publish_channel = None
         self._topology_channel = None
         self._declared.clear()
+        self._delays_declared = False
         if connection is not None:
             await connection.close()
 
     # -- topology -------------------------------------------------------------------------
 
     async def declare_queue(self, queue_name: str) -> None:
-        """Declare ``queue_name`` and its dead-letter queue, once per connection."""
+        """Declare ``queue_name``, its dead-letter queue and its delay binding (idempotent)."""
         if queue_name in self._declared:
             return
         channel = await self._channel_for_topology()
-        await channel.declare_queue(dead_letter_queue_name(queue_name), durable=True)
-        await channel.declare_queue(queue_name, durable=True, arguments=queue_arguments(queue_name))
+        await channel.queue_declare(dead_letter_queue_name(queue_name), durable=True)
+        await channel.queue_declare(queue_name, durable=True, arguments=queue_arguments(queue_name))
+        await channel.exchange_declare(DELIVERY_EXCHANGE, exchange_type="topic", durable=True)
+        await channel.queue_bind(
+            queue_name, DELIVERY_EXCHANGE, routing_key=delivery_binding_key(queue_name)
+        )
         self._declared.add(queue_name)
 
-    async def _channel_for_topology(self) -> AbstractRobustChannel:
+    async def _declare_delays(self) -> None:
+        """Declare the shared delay levels, once per connection."""
+        if self._delays_declared:
+            return
+        channel = await self._channel_for_topology()
+        await channel.exchange_declare(DELIVERY_EXCHANGE, exchange_type="topic", durable=True)
+        for level in range(DELAY_LEVELS):
+            name = delay_level_name(level)
+            lower = delay_level_name(level - 1) if level else DELIVERY_EXCHANGE
+            to_queue, to_lower = delay_level_bindings(level)
+            await channel.exchange_declare(name, exchange_type="topic", durable=True)
+            await channel.queue_declare(name, durable=True, arguments=delay_level_arguments(level))
+            await channel.queue_bind(name, name, routing_key=to_queue)
+            await channel.exchange_bind(lower, name, routing_key=to_lower)
+        self._delays_declared = True
+
+    async def _channel_for_topology(self) -> aiormq.abc.AbstractChannel:
         await self.connect()
         assert self._topology_channel is not None
-        return self._topology_channel
+        return await self._topology_channel.get_underlay_channel()
 
     async def ready_count(self, queue_name: str) -> int:
         """The number of ready messages in ``queue_name`` (a passive declare)."""
         channel = await self._channel_for_topology()
-        underlay = await channel.get_underlay_channel()
-        result = await underlay.queue_declare(queue_name, passive=True)
+        result = await channel.queue_declare(queue_name, passive=True)
         return int(result.message_count or 0)
 
     # -- publishing -----------------------------------------------------------------------
 
-    async def enqueue(self, message: Message) -> Message:
-        """Publish ``message`` persistently and return once RabbitMQ confirmed it."""
+    async def _publish_message(self, message: Message, delay: float | None) -> None:
         body = message.encode()
-        await self.declare_queue(message.queue_name)
-        await self.publish(message.queue_name, body, message_id=message.message_id)
-        return message
+        queue_name = message.queue_name
+        await self.declare_queue(queue_name)
+        delay_ms = 0 if delay is None else math.ceil(delay * 1000)
+        if delay_ms > 0:
+            await self._declare_delays()
+            exchange, routing_key = delay_route(queue_name, delay_ms)
+        else:
+            exchange, routing_key = "", queue_name
+        try:
+            await self.publish(routing_key, body, message_id=message.message_id, exchange=exchange)
+        except UnroutableError:
+            # The queue was deleted behind our back: declare it again and retry once.
+            self._declared.discard(queue_name)
+            self._delays_declared = False
+            await self.declare_queue(queue_name)
+            if delay_ms > 0:
+                await self._declare_delays()
+            await self.publish(routing_key, body, message_id=message.message_id, exchange=exchange)
 
     async def publish(
         self,
@@ -288,6 +348,72 @@ class RabbitmqBroker(Broker):
         await self.publish(dlq, delivery.body, message_id=message_id, headers=reason)
         await delivery.ack()
 
+    async def dead_letters(self, queue_name: str, *, limit: int = 100) -> list[DeadLetter]:
+        """Read up to ``limit`` dead letters of ``queue_name``; they stay in ``<queue>.XQ``."""
+        async with self._temporary_channel() as channel:
+            letters: list[DeadLetter] = []
+            while len(letters) < limit:
+                got = await channel.basic_get(dead_letter_queue_name(queue_name), no_ack=False)
+                if not isinstance(got.delivery, Basic.GetOk):
+                    break
+                letters.append(_dead_letter_of(got))
+            # Closing the channel returns them all, in their order, to the queue.
+            return letters
+
+    async def requeue_dead_letters(
+        self,
+        queue_name: str,
+        *,
+        message_ids: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """Send dead letters back to ``queue_name`` with their retry count reset.
+
+        Each is republished and confirmed before it is removed from ``<queue>.XQ``,
+        so a crash half way duplicates at worst. Dead letters that are not aqueue
+        messages are left where they are.
+        """
+        wanted = None if message_ids is None else set(message_ids)
+        requeued = 0
+        await self.declare_queue(queue_name)
+        async with self._temporary_channel() as channel:
+            while limit is None or requeued < limit:
+                got = await channel.basic_get(dead_letter_queue_name(queue_name), no_ack=False)
+                if not isinstance(got.delivery, Basic.GetOk):
+                    break
+                letter = _dead_letter_of(got)
+                message = letter.message
+                if message is None or (wanted is not None and message.message_id not in wanted):
+                    continue  # stays unacked until the channel closes, then goes back
+                options = {
+                    k: v
+                    for k, v in message.options.items()
+                    if k not in ("retries", "first_failed_at")
+                }
+                fresh = msgspec.structs.replace(message, queue_name=queue_name, options=options)
+                await self._publish_message(fresh, None)
+                await channel.basic_ack(got.delivery.delivery_tag)  # type: ignore[arg-type]
+                requeued += 1
+        return requeued
+
+    @contextlib.asynccontextmanager
+    async def _temporary_channel(self) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+        await self.connect()
+        assert self._connection is not None
+        channel = self._connection.channel(publisher_confirms=False)
+        await channel.initialize()
+        try:
+            yield await channel.get_underlay_channel()
+        finally:
+            await channel.close()
+
+
+def _dead_letter_of(got: DeliveredMessage) -> DeadLetter:
+    properties = got.header.properties
+    return DeadLetter(
+        body=got.body, headers=dict(properties.headers or {}), message_id=properties.message_id
+    )
+
 
 class _RabbitmqDelivery:
     __slots__ = ("_message",)
@@ -346,8 +472,26 @@ class _QueueConsumer:
         await channel.initialize()
         await channel.set_qos(prefetch_count=self._prefetch)
         channel.reopen_callbacks.add(self._on_reopen)
+        channel.close_callbacks.add(self._on_close)
         self._channel = channel
         await self._subscribe()
+
+    def _on_close(self, _channel: Any, exc: BaseException | None = None) -> None:
+        if self._cancelled or exc is None:
+            return
+        if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed) and (
+            "acknowledgement" in str(exc) or "timed out" in str(exc)
+        ):
+            log.warning(
+                "RabbitMQ closed the channel of queue %s: a message stayed unacknowledged longer "
+                "than the node's consumer_timeout, so RabbitMQ requeues it and it will run again. "
+                "Raise consumer_timeout (rabbitmq.conf: consumer_timeout = <ms>) above your "
+                "longest task, or lower the actor's time_limit. Reopening the channel. (%s)",
+                self.queue_name,
+                exc,
+            )
+        else:
+            log.warning("channel of queue %s closed (%s); reopening it", self.queue_name, exc)
 
     async def _subscribe(self) -> None:
         assert self._channel is not None

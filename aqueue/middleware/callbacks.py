@@ -1,0 +1,63 @@
+"""Send another actor a message after success or after final failure."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from ..context import MessageContext
+from ..errors import ActorNotFound, ValidationError
+from ..topology import validate_actor_name
+from .base import Middleware
+
+__all__ = ["Callbacks"]
+
+log = logging.getLogger(__name__)
+
+
+class Callbacks(Middleware):
+    """Enqueue ``on_success`` / ``on_failure`` actors, as Dramatiq does.
+
+    The callback actor receives two arguments: the finished message as a dict, and
+    the actor's result (on success) or ``{"type": ..., "message": ...}`` describing
+    the exception (on failure, after the last retry). The callback is sent before
+    the finished message is acked, so a crash may send it twice but never loses it.
+
+    Actor options (per message too):
+        on_success: Name of the actor to send after success.
+        on_failure: Name of the actor to send after final failure.
+    """
+
+    actor_options: ClassVar[frozenset[str]] = frozenset({"on_success", "on_failure"})
+
+    def normalize_option(self, name: str, value: Any) -> Any:
+        if value is None:
+            return None
+        if hasattr(value, "actor_name"):  # an Actor
+            value = value.actor_name
+        return validate_actor_name(value)
+
+    async def after_process_message(self, context: MessageContext) -> None:
+        if context.exception is None:
+            name = context.option("on_success")
+            if name is not None:
+                await self._send(context, name, context.result)
+        elif not context.retry_scheduled:
+            name = context.option("on_failure")
+            if name is not None:
+                exc = context.exception
+                await self._send(context, name, {"type": type(exc).__name__, "message": str(exc)})
+
+    async def _send(self, context: MessageContext, name: str, payload: Any) -> None:
+        try:
+            callback = context.broker.get_actor(name)
+            await callback.send(context.message.asdict(), payload)
+        except (ActorNotFound, ValidationError) as exc:
+            # A callback that cannot be built (unknown actor, result not JSON) is a bug to
+            # report, not a reason to run the finished message again.
+            log.error(
+                "callback %s of message %s could not be sent: %s",
+                name,
+                context.message.message_id,
+                exc,
+            )
