@@ -9,6 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 from .actor import Actor, actor
 from .broker import Broker, get_broker, set_broker
 from .brokers.rabbitmq import RabbitmqBroker
+from .context import MessageContext, current_message
+from .dead_letters import DeadLetter
 from .errors import (
     ActorDefinitionError,
     ActorNotFound,
@@ -19,9 +21,11 @@ from .errors import (
     NackedError,
     PublishError,
     UnroutableError,
+    TimeLimitExceeded,
     ValidationError,
     WorkerError,
 )
+from .middleware import Middleware, SkipMessage
 from .message import Message
 from .worker import Worker
 
@@ -35,11 +39,17 @@ __all__ = [
     "Actor",
     "Message",
     "actor",
+    "current_message",
     # brokers
     "Broker",
     "RabbitmqBroker",
     "get_broker",
     "set_broker",
+    "DeadLetter",
+    # middleware (the built-in ones are in aqueue.middleware)
+    "Middleware",
+    "MessageContext",
+    "SkipMessage",
     # workers
     "Worker",
     # errors
@@ -51,6 +61,7 @@ __all__ = [
     "MessageDecodeError",
     "NackedError",
     "PublishError",
+    "TimeLimitExceeded",
     "UnroutableError",
     "ValidationError",
     "WorkerError",

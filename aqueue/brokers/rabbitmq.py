@@ -201,9 +201,15 @@ class RabbitmqBroker(Broker):
         if queue_name in self._declared:
             return
         channel = await self._channel_for_topology()
-        await channel.queue_declare(dead_letter_queue_name(queue_name), durable=True)
-        await channel.queue_declare(queue_name, durable=True, arguments=queue_arguments(queue_name))
-        await channel.exchange_declare(DELIVERY_EXCHANGE, exchange_type="topic", durable=True)
+        # Pipelined: commands on a channel run in order, and a failing one closes the
+        # channel, so the last (waited-for) answer vouches for all of them.
+        await channel.queue_declare(dead_letter_queue_name(queue_name), durable=True, nowait=True)
+        await channel.exchange_declare(
+            DELIVERY_EXCHANGE, exchange_type="topic", durable=True, nowait=True
+        )
+        await channel.queue_declare(
+            queue_name, durable=True, arguments=queue_arguments(queue_name), nowait=True
+        )
         await channel.queue_bind(
             queue_name, DELIVERY_EXCHANGE, routing_key=delivery_binding_key(queue_name)
         )
@@ -214,15 +220,21 @@ class RabbitmqBroker(Broker):
         if self._delays_declared:
             return
         channel = await self._channel_for_topology()
-        await channel.exchange_declare(DELIVERY_EXCHANGE, exchange_type="topic", durable=True)
+        # Pipelined as in declare_queue: only the final command is waited for.
+        await channel.exchange_declare(
+            DELIVERY_EXCHANGE, exchange_type="topic", durable=True, nowait=True
+        )
         for level in range(DELAY_LEVELS):
             name = delay_level_name(level)
             lower = delay_level_name(level - 1) if level else DELIVERY_EXCHANGE
             to_queue, to_lower = delay_level_bindings(level)
-            await channel.exchange_declare(name, exchange_type="topic", durable=True)
-            await channel.queue_declare(name, durable=True, arguments=delay_level_arguments(level))
-            await channel.queue_bind(name, name, routing_key=to_queue)
-            await channel.exchange_bind(lower, name, routing_key=to_lower)
+            await channel.exchange_declare(name, exchange_type="topic", durable=True, nowait=True)
+            await channel.queue_declare(
+                name, durable=True, arguments=delay_level_arguments(level), nowait=True
+            )
+            await channel.queue_bind(name, name, routing_key=to_queue, nowait=True)
+            await channel.exchange_bind(lower, name, routing_key=to_lower, nowait=True)
+        await channel.queue_declare(delay_level_name(DELAY_LEVELS - 1), passive=True)
         self._delays_declared = True
 
     async def _channel_for_topology(self) -> aiormq.abc.AbstractChannel:
