@@ -20,13 +20,13 @@ from .errors import (
     MessageDecodeError,
     NackedError,
     PublishError,
-    UnroutableError,
     TimeLimitExceeded,
+    UnroutableError,
     ValidationError,
     WorkerError,
 )
-from .middleware import Middleware, SkipMessage
 from .message import Message
+from .middleware import Middleware, SkipMessage
 from .worker import Worker
 
 try:

@@ -62,9 +62,16 @@ async def test_long_delay_sent_first_does_not_hold_back_a_short_one(
     sent_at = time.monotonic()
     await tick.send_with_options(args=("hour",), delay=3600)
     await tick.send_with_options(args=("second",), delay=datetime.timedelta(seconds=1))
+    first = asyncio.Event()
+    tick_original = tick.fn
+
+    async def tick_and_signal(label: str) -> None:
+        await tick_original(label)
+        first.set()
+
+    tick.fn = tick_and_signal
     async with aqueue.Worker(broker, queues=[queue_name]):
-        while not arrived and time.monotonic() - sent_at < 10:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(first.wait(), 10)
         elapsed = time.monotonic() - sent_at
     assert arrived == ["second"]
     assert 1.0 <= elapsed <= 1.5

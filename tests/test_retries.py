@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -47,7 +48,7 @@ async def test_failing_actor_is_retried_with_backoff_then_dead_lettered(
         await broker.join(queue_name, timeout=20)  # also waits for the scheduled retries
     assert [c[2] for c in calls] == [0, 1, 2, 3]
     assert {c[1] for c in calls} == {sent.message_id}
-    gaps = [b[0] - a[0] for a, b in zip(calls, calls[1:])]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(calls)]
     assert all(0.2 <= gap <= 0.4 + 0.25 for gap in gaps), gaps
 
     letters = await broker.dead_letters(queue_name)
