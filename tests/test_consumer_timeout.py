@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import time
@@ -70,7 +71,7 @@ async def test_consumer_timeout_closes_only_the_slow_actors_channel(
         assert runs == [False, True]  # redelivered and run again: at-least-once
         assert any("consumer_timeout" in r.getMessage() for r in caplog.records)
         # The other actor's channel was never touched: it kept working throughout.
-        gaps = [b - a for a, b in zip(busy_done, busy_done[1:])]  # noqa: RUF007
+        gaps = [b - a for a, b in itertools.pairwise(busy_done)]
         assert len(busy_done) > 20
         assert max(gaps) < 3
     finally:
