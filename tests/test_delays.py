@@ -171,3 +171,22 @@ async def test_queue_names_with_dots_do_not_receive_each_others_delays(
         channel = await broker._channel_for_topology()
         await channel.queue_delete(dotted)
         await channel.queue_delete(dotted + ".XQ")
+
+
+async def test_delay_topology_deleted_behind_our_back_is_declared_again(
+    broker: aqueue.RabbitmqBroker, queue_name: str
+) -> None:
+    done: list[int] = []
+
+    @broker.actor(queue_name=queue_name)
+    async def later(n: int) -> None:
+        done.append(n)
+
+    await later.send_with_options(args=(1,), delay=0.01)
+    channel = await broker._channel_for_topology()
+    await channel.exchange_delete("aqueue.delay.03")
+    await later.send_with_options(args=(2,), delay=0.01)  # 10 ms: published to level 3
+    async with aqueue.Worker(broker, queues=[queue_name]):
+        await asyncio.sleep(0.3)
+        await broker.join(queue_name, timeout=10)
+    assert sorted(done) == [1, 2]

@@ -9,7 +9,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import aio_pika
@@ -58,6 +58,9 @@ _CONNECTION_ERRORS_OR_TIMEOUT: tuple[type[Exception], ...] = (
 )
 
 
+_DELAYS = "aqueue.delay"  # a key of RabbitmqBroker._declared; no queue can have this name
+
+
 class RabbitmqBroker(Broker):
     """A broker on RabbitMQ, holding exactly one AMQP connection per process.
 
@@ -103,8 +106,9 @@ class RabbitmqBroker(Broker):
         self._publish_channel: AbstractRobustChannel | None = None
         self._topology_channel: AbstractRobustChannel | None = None
         self._connect_lock: asyncio.Lock | None = None
-        self._declared: set[str] = set()
-        self._delays_declared = False
+        # Declarations done or under way, by queue name (and _DELAYS for the delay levels),
+        # shared so that concurrent first sends declare once.
+        self._declared: dict[str, asyncio.Future[None]] = {}
 
     def __repr__(self) -> str:
         return f"RabbitmqBroker({redact_url(self.url)!r})"
@@ -182,7 +186,6 @@ class RabbitmqBroker(Broker):
         # The node may have lost non-replicated state: declare again on next use.
         log.warning("reconnected to RabbitMQ at %s", describe_url(self.url))
         self._declared.clear()
-        self._delays_declared = False
 
     async def close(self) -> None:
         """Close the connection and every channel on it."""
@@ -190,16 +193,31 @@ class RabbitmqBroker(Broker):
         self._publish_channel = None
         self._topology_channel = None
         self._declared.clear()
-        self._delays_declared = False
         if connection is not None:
             await connection.close()
 
     # -- topology -------------------------------------------------------------------------
 
+    async def _declare_once(self, key: str, declare: Callable[[], Awaitable[None]]) -> None:
+        done = self._declared.get(key)
+        if done is None:
+            done = asyncio.ensure_future(declare())
+            self._declared[key] = done
+
+            def forget_failure(future: asyncio.Future[None]) -> None:
+                if (future.cancelled() or future.exception()) and self._declared.get(key) is future:
+                    del self._declared[key]
+
+            done.add_done_callback(forget_failure)
+        elif done.done() and not done.cancelled() and done.exception() is None:
+            return
+        await asyncio.shield(done)
+
     async def declare_queue(self, queue_name: str) -> None:
         """Declare ``queue_name``, its dead-letter queue and its delay binding (idempotent)."""
-        if queue_name in self._declared:
-            return
+        await self._declare_once(queue_name, lambda: self._declare_queue(queue_name))
+
+    async def _declare_queue(self, queue_name: str) -> None:
         channel = await self._channel_for_topology()
         # Pipelined: commands on a channel run in order, and a failing one closes the
         # channel, so the last (waited-for) answer vouches for all of them.
@@ -213,12 +231,12 @@ class RabbitmqBroker(Broker):
         await channel.queue_bind(
             queue_name, DELIVERY_EXCHANGE, routing_key=delivery_binding_key(queue_name)
         )
-        self._declared.add(queue_name)
 
     async def _declare_delays(self) -> None:
         """Declare the shared delay levels, once per connection."""
-        if self._delays_declared:
-            return
+        await self._declare_once(_DELAYS, self._declare_delay_levels)
+
+    async def _declare_delay_levels(self) -> None:
         channel = await self._channel_for_topology()
         # Pipelined as in declare_queue: only the final command is waited for.
         await channel.exchange_declare(
@@ -235,7 +253,6 @@ class RabbitmqBroker(Broker):
             await channel.queue_bind(name, name, routing_key=to_queue, nowait=True)
             await channel.exchange_bind(lower, name, routing_key=to_lower, nowait=True)
         await channel.queue_declare(delay_level_name(DELAY_LEVELS - 1), passive=True)
-        self._delays_declared = True
 
     async def _channel_for_topology(self) -> aiormq.abc.AbstractChannel:
         await self.connect()
@@ -264,8 +281,8 @@ class RabbitmqBroker(Broker):
             await self.publish(routing_key, body, message_id=message.message_id, exchange=exchange)
         except UnroutableError:
             # The queue was deleted behind our back: declare it again and retry once.
-            self._declared.discard(queue_name)
-            self._delays_declared = False
+            self._declared.pop(queue_name, None)
+            self._declared.pop(_DELAYS, None)
             await self.declare_queue(queue_name)
             if delay_ms > 0:
                 await self._declare_delays()
@@ -317,6 +334,10 @@ class RabbitmqBroker(Broker):
                     timeout=remaining,
                 )
                 return
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                raise UnroutableError(
+                    f"RabbitMQ has no exchange {exchange!r} for message {message_id}"
+                ) from None
             except aiormq.exceptions.PublishError:
                 raise UnroutableError(
                     f"RabbitMQ returned message {message_id}: no queue is bound for "
