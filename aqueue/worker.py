@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -361,11 +362,7 @@ class Worker:
             if actor.is_async:
                 if time_limit is None:
                     return await actor.fn(*args, **kwargs)
-                with anyio.CancelScope(deadline=anyio.current_time() + time_limit) as scope:
-                    return await actor.fn(*args, **kwargs)
-                if scope.cancelled_caught:
-                    raise _time_limit_exceeded(actor.actor_name, time_limit)
-                return None  # pragma: no cover - the scope either returned or was cancelled
+                return await _call_with_time_limit(actor, args, kwargs, time_limit)
             await self._acquire(self._thread_slots)
             try:
                 call = functools.partial(actor.fn, *args, **kwargs)
@@ -433,6 +430,36 @@ class Worker:
             )
             await anyio.sleep(1.0)  # no hot loop if the dead-letter queue stays unreachable
             await delivery.requeue()
+
+
+async def _call_with_time_limit(
+    actor: Actor[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
+) -> Any:
+    """Await the actor, cancelling it after ``limit`` seconds.
+
+    A plain timer and a flag: a cancel scope per message costs several times more,
+    and every message pays it since a time limit is on by default.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(limit, expire)
+    try:
+        return await actor.fn(*args, **kwargs)
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        if sys.version_info >= (3, 11):
+            task.uncancel()
+        raise _time_limit_exceeded(actor.actor_name, limit) from None
+    finally:
+        timer.cancel()
 
 
 def _time_limit_exceeded(actor_name: str, limit: float | None) -> TimeLimitExceeded:
