@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     P = ParamSpec("P")
     R = TypeVar("R")
 
-__all__ = ["Broker", "Consumer", "Delivery", "get_broker", "set_broker"]
+__all__ = ["Broker", "Consumer", "Delivery", "QueueInfo", "get_broker", "set_broker"]
 
 #: Options every actor accepts, whatever the middleware.
 CORE_ACTOR_OPTIONS = frozenset({"actor_name", "queue_name", "concurrency", "broker"})
@@ -59,6 +60,21 @@ class Consumer(Protocol):
 
 
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """What the broker says of a queue.
+
+    Attributes:
+        name: The queue.
+        ready: Messages waiting to be delivered.
+        consumers: Consumers subscribed to it.
+    """
+
+    name: str
+    ready: int
+    consumers: int
 
 
 class Broker(abc.ABC):
@@ -212,6 +228,7 @@ class Broker(abc.ABC):
         queue_name: str,
         *,
         message_ids: Iterable[str] | None = None,
+        actor_name: str | None = None,
         limit: int | None = None,
     ) -> int:
         """Send dead letters of ``queue_name`` back to it with their retry count reset.
@@ -221,8 +238,28 @@ class Broker(abc.ABC):
 
         Args:
             message_ids: Only these messages (default: all).
+            actor_name: Only dead letters of this actor.
             limit: At most this many.
         """
+
+    @abc.abstractmethod
+    async def purge_dead_letters(
+        self,
+        queue_name: str,
+        *,
+        message_ids: Iterable[str] | None = None,
+        older_than: float | None = None,
+    ) -> int:
+        """Delete dead letters of ``queue_name``; returns how many.
+
+        Args:
+            message_ids: Only these messages (default: all).
+            older_than: Only those that failed at least this many seconds ago.
+        """
+
+    @abc.abstractmethod
+    async def queue_info(self, queue_name: str) -> QueueInfo | None:
+        """Ready messages and consumers of ``queue_name``; None if it does not exist."""
 
     @abc.abstractmethod
     async def declare_queue(self, queue_name: str) -> None:

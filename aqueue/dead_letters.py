@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from .errors import MessageDecodeError
 from .message import Message
 
-__all__ = ["DeadLetter"]
+__all__ = ["DeadLetter", "dead_letter_filter", "replay_message"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,18 @@ class DeadLetter:
         return self._header("x-aqueue-failed-at")
 
     @property
+    def failed_at_timestamp(self) -> float | None:
+        """When it failed for good (else when it was sent), in seconds since the epoch."""
+        text = self.failed_at
+        if text is not None:
+            try:
+                return datetime.datetime.fromisoformat(text).timestamp()
+            except ValueError:
+                pass
+        message = self.message
+        return None if message is None else message.message_timestamp / 1000
+
+    @property
     def retries(self) -> int:
         """How many retries it had."""
         value = self._header("x-aqueue-retries")
@@ -74,3 +91,42 @@ class DeadLetter:
         if value is None:
             return None
         return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def dead_letter_filter(
+    *,
+    message_ids: Iterable[str] | None = None,
+    actor_name: str | None = None,
+    older_than: float | None = None,
+) -> Callable[[DeadLetter], bool]:
+    """A predicate selecting dead letters by id, actor and age (all given conditions hold)."""
+    ids = None if message_ids is None else set(message_ids)
+    cutoff = None if older_than is None else time.time() - older_than
+
+    def select(letter: DeadLetter) -> bool:
+        if ids is not None and letter.message_id not in ids:
+            return False
+        if actor_name is not None:
+            message = letter.message
+            if letter.actor_name != actor_name and (
+                message is None or message.actor_name != actor_name
+            ):
+                return False
+        if cutoff is not None:
+            failed = letter.failed_at_timestamp
+            if failed is not None and failed > cutoff:
+                return False
+        return True
+
+    return select
+
+
+def replay_message(letter: DeadLetter, queue_name: str) -> Message:
+    """The message of a dead letter, ready to send again: retry counters reset.
+
+    Raises:
+        MessageDecodeError: the dead letter is not an aqueue message.
+    """
+    message = Message.decode(letter.body)
+    options = {k: v for k, v in message.options.items() if k not in ("retries", "first_failed_at")}
+    return msgspec.structs.replace(message, queue_name=queue_name, options=options)

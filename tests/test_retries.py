@@ -209,3 +209,32 @@ async def test_requeued_dead_letter_gets_its_retries_back(
         assert await broker.requeue_dead_letters(queue_name) == 1
         await broker.join(queue_name, timeout=10)
     assert attempts == 4
+
+
+async def test_dead_letters_can_be_selected_by_actor_and_purged_by_age(
+    broker: aqueue.RabbitmqBroker, queue_name: str
+) -> None:
+    @broker.actor(queue_name=queue_name, max_retries=0)
+    async def alpha() -> None:
+        raise RuntimeError("a")
+
+    @broker.actor(queue_name=queue_name, max_retries=0)
+    async def beta() -> None:
+        raise RuntimeError("b")
+
+    await alpha.send()
+    await beta.send()
+    b2 = await beta.send()
+    async with aqueue.Worker(broker, queues=[queue_name]):
+        await broker.join(queue_name, timeout=10)
+    info = await broker.queue_info(queue_name + ".XQ")
+    assert info is not None and info.ready == 3 and info.consumers == 0
+    assert await broker.queue_info("no-such-queue-here") is None
+    # Nothing failed an hour ago.
+    assert await broker.purge_dead_letters(queue_name, older_than=3600) == 0
+    assert await broker.purge_dead_letters(queue_name, message_ids=[b2.message_id]) == 1
+    assert await broker.requeue_dead_letters(queue_name, actor_name="alpha") == 1
+    remaining = await broker.dead_letters(queue_name)
+    assert [d.actor_name for d in remaining] == ["beta"]
+    assert await broker.purge_dead_letters(queue_name, older_than=0) == 1
+    assert await broker.dead_letters(queue_name) == []

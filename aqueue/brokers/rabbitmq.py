@@ -14,14 +14,13 @@ from typing import Any
 
 import aio_pika
 import aiormq
-import msgspec
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from .._url import describe_url, redact_url
-from ..broker import Broker, Consumer, Delivery, DeliveryHandler
-from ..dead_letters import DeadLetter
+from ..broker import Broker, Consumer, Delivery, DeliveryHandler, QueueInfo
+from ..dead_letters import DeadLetter, dead_letter_filter, replay_message
 from ..errors import BrokerConnectionError, NackedError, UnroutableError
 from ..message import Message
 from ..middleware import Middleware
@@ -398,6 +397,7 @@ class RabbitmqBroker(Broker):
         queue_name: str,
         *,
         message_ids: Iterable[str] | None = None,
+        actor_name: str | None = None,
         limit: int | None = None,
     ) -> int:
         """Send dead letters back to ``queue_name`` with their retry count reset.
@@ -406,28 +406,63 @@ class RabbitmqBroker(Broker):
         so a crash half way duplicates at worst. Dead letters that are not aqueue
         messages are left where they are.
         """
-        wanted = None if message_ids is None else set(message_ids)
-        requeued = 0
         await self.declare_queue(queue_name)
+        select = dead_letter_filter(message_ids=message_ids, actor_name=actor_name)
+
+        async def requeue(letter: DeadLetter) -> None:
+            await self._publish_message(replay_message(letter, queue_name), None)
+
+        return await self._take_dead_letters(queue_name, select, requeue, limit)
+
+    async def purge_dead_letters(
+        self,
+        queue_name: str,
+        *,
+        message_ids: Iterable[str] | None = None,
+        older_than: float | None = None,
+    ) -> int:
+        """Delete dead letters of ``queue_name`` (those failed ``older_than`` seconds ago)."""
+        select = dead_letter_filter(message_ids=message_ids, older_than=older_than)
+
+        async def drop(letter: DeadLetter) -> None:
+            pass
+
+        return await self._take_dead_letters(queue_name, select, drop, None)
+
+    async def _take_dead_letters(
+        self,
+        queue_name: str,
+        select: Callable[[DeadLetter], bool],
+        handle: Callable[[DeadLetter], Awaitable[None]],
+        limit: int | None,
+    ) -> int:
+        """Ack each selected dead letter after ``handle`` succeeded; leave the others."""
+        taken = 0
         async with self._temporary_channel() as channel:
-            while limit is None or requeued < limit:
+            while limit is None or taken < limit:
                 got = await channel.basic_get(dead_letter_queue_name(queue_name), no_ack=False)
                 if not isinstance(got.delivery, Basic.GetOk):
                     break
                 letter = _dead_letter_of(got)
-                message = letter.message
-                if message is None or (wanted is not None and message.message_id not in wanted):
+                if not select(letter):
                     continue  # stays unacked until the channel closes, then goes back
-                options = {
-                    k: v
-                    for k, v in message.options.items()
-                    if k not in ("retries", "first_failed_at")
-                }
-                fresh = msgspec.structs.replace(message, queue_name=queue_name, options=options)
-                await self._publish_message(fresh, None)
+                await handle(letter)
                 await channel.basic_ack(got.delivery.delivery_tag)  # type: ignore[arg-type]
-                requeued += 1
-        return requeued
+                taken += 1
+        return taken
+
+    async def queue_info(self, queue_name: str) -> QueueInfo | None:
+        """Ready messages and consumers of ``queue_name``, or None if it does not exist."""
+        try:
+            async with self._temporary_channel() as channel:
+                result = await channel.queue_declare(queue_name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        return QueueInfo(
+            name=queue_name,
+            ready=int(result.message_count or 0),
+            consumers=int(result.consumer_count or 0),
+        )
 
     @contextlib.asynccontextmanager
     async def _temporary_channel(self) -> AsyncIterator[aiormq.abc.AbstractChannel]:

@@ -1,0 +1,535 @@
+"""The documentation: every example runs as shown, and the site builds with ``--strict``.
+
+The examples in ``docs/examples/`` are written as a user's application, with readable queue
+names ("emails", "orders", ...). Each test copies them into a directory of its own with
+those names made unique (``"emails"`` becomes ``"emails-docs-1a2b3c4d"``), imports or runs
+them against the real RabbitMQ, and deletes the queues (and their ``.XQ``) afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import os
+import re
+import runpy
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import aio_pika
+import click
+import pytest
+
+import aqueue
+import aqueue.cli
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+EXAMPLES = DOCS / "examples"
+RABBITMQ_URL = os.environ.get("AQUEUE_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+#: The queue names the examples use; every test gets unique ones in their place.
+EXAMPLE_QUEUES = (
+    "greetings",
+    "emails",
+    "reports",
+    "orders",
+    "payments",
+    "webhooks",
+    "reminders",
+    "exports",
+    "thumbnails",
+)
+
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.py"))
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+class Examples:
+    """The examples, copied with queue names of this test's own, importable by name."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        suffix = uuid.uuid4().hex[:8]
+        self.queues = {name: f"{name}-docs-{suffix}" for name in EXAMPLE_QUEUES}
+        for path in EXAMPLE_FILES:
+            text = path.read_text()
+            for name, unique in self.queues.items():
+                text = text.replace(f'"{name}"', f'"{unique}"').replace(f"'{name}'", f"'{unique}'")
+            (directory / path.name).write_text(text)
+
+    def q(self, name: str) -> str:
+        return self.queues[name]
+
+    def load(self, name: str, *, live: bool = True) -> ModuleType:
+        """Import example ``name``; a ``live`` one must use only this test's queues."""
+        module = importlib.import_module(name)
+        if live:
+            for value in vars(module).values():
+                if isinstance(value, aqueue.Actor):
+                    assert value.queue_name in self.queues.values(), (
+                        f"{name}.{value.actor_name} would use the shared queue "
+                        f"{value.queue_name!r}; add it to EXAMPLE_QUEUES"
+                    )
+        return module
+
+    def env(self) -> dict[str, str]:
+        """The environment for running the examples in a subprocess."""
+        return {
+            **os.environ,
+            "AQUEUE_BROKER_URL": RABBITMQ_URL,
+            "PYTHONPATH": os.pathsep.join(
+                [str(self.directory), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+
+@pytest.fixture
+async def examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Examples]:
+    """The examples, with a fresh default broker; their queues are deleted afterwards."""
+    monkeypatch.setenv("AQUEUE_BROKER_URL", RABBITMQ_URL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for path in EXAMPLE_FILES:  # modules of the same names imported by something else
+        if path.stem in sys.modules:
+            monkeypatch.delitem(sys.modules, path.stem)
+    copies = Examples(tmp_path)
+    previous = aqueue.get_broker()
+    aqueue.set_broker(aqueue.RabbitmqBroker(RABBITMQ_URL))
+    try:
+        yield copies
+    finally:
+        brokers = {id(aqueue.get_broker()): aqueue.get_broker()}
+        for name, module in list(sys.modules.items()):
+            if str(getattr(module, "__file__", "")).startswith(str(tmp_path)):
+                for value in vars(module).values():
+                    if isinstance(value, aqueue.Broker):
+                        brokers[id(value)] = value
+                del sys.modules[name]
+        for broker in brokers.values():
+            await broker.close()
+        aqueue.set_broker(previous)
+        connection = await aio_pika.connect(RABBITMQ_URL)
+        async with connection, connection.channel() as channel:
+            for queue_name in copies.queues.values():
+                await channel.queue_delete(queue_name)
+                await channel.queue_delete(queue_name + ".XQ")
+
+
+async def count(queue_name: str) -> int:
+    """Messages ready in ``queue_name``, read on a connection of the test's own."""
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    async with connection, connection.channel() as channel:
+        queue = await channel.declare_queue(queue_name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+
+
+@contextlib.asynccontextmanager
+async def cli_worker(examples: Examples, *args: str) -> AsyncIterator[WorkerProcess]:
+    """``aqueue worker ARGS`` in the examples' directory; stopped with SIGTERM at the end."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "aqueue",
+        "worker",
+        *args,
+        cwd=examples.directory,
+        env=examples.env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    worker = WorkerProcess(process)
+    try:
+        yield worker
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+class WorkerProcess:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.output = ""
+
+    async def wait_for(self, *needles: str, timeout: float = 30) -> None:
+        """Read the worker's output until every needle has appeared."""
+        assert self.process.stdout is not None
+
+        async def read() -> None:
+            assert self.process.stdout is not None
+            while not all(needle in self.output for needle in needles):
+                line = await self.process.stdout.readline()
+                if not line:
+                    raise AssertionError(f"the worker exited early:\n{self.output}")
+                self.output += line.decode()
+
+        try:
+            await asyncio.wait_for(read(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"not seen in {timeout} s: {needles}\n{self.output}") from None
+
+    async def stop(self, signum: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.process.send_signal(signum)
+        rest, _ = await asyncio.wait_for(self.process.communicate(), timeout)
+        self.output += rest.decode()
+        assert self.process.returncode is not None
+        return self.process.returncode
+
+
+def fenced_blocks(markdown: str) -> Iterator[tuple[str, str]]:
+    """(language, body) of every fenced code block, indented ones included."""
+    fence = re.compile(r"^(\s*)(`{3,})(\w*)[^\n]*\n(.*?)^\1\2\s*$", re.MULTILINE | re.DOTALL)
+    for match in fence.finditer(markdown):
+        yield match.group(3), match.group(4)
+
+
+# -- the pages --------------------------------------------------------------------------------
+
+
+def test_every_python_block_is_an_included_example_file() -> None:
+    included: set[str] = set()
+    for page in sorted(DOCS.glob("*.md")):
+        for language, body in fenced_blocks(page.read_text()):
+            if language not in ("python", "py", "python3"):
+                continue
+            match = re.fullmatch(r'--8<-- "(docs/examples/\w+\.py)"', body.strip())
+            assert match, f"{page.name}: a Python block that is not an example file:\n{body}"
+            assert (ROOT / match.group(1)).is_file(), match.group(1)
+            included.add(Path(match.group(1)).name)
+    assert included == {path.name for path in EXAMPLE_FILES}, "examples not shown anywhere"
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda path: path.name)
+def test_example_compiles(path: Path) -> None:
+    compile(path.read_text(), str(path), "exec")
+
+
+def test_mkdocs_build_is_strict_clean(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING" not in result.stderr, result.stderr
+    api = (tmp_path / "api" / "index.html").read_text()
+    for name in ["aqueue.actor.actor", "aqueue.Actor", "aqueue.RabbitmqBroker", "aqueue.Worker"]:
+        assert f'id="{name}"' in api, name
+    assert ":class:`" not in api and ":func:`" not in api
+    started = (tmp_path / "getting-started" / "index.html").read_text()
+    assert "send_welcome_email" in started  # the snippets were included
+    assert 'class="mermaid"' in (tmp_path / "internals" / "index.html").read_text()
+    assert not (tmp_path / "examples").exists()
+
+
+def test_cli_options_and_defaults_are_the_documented_ones() -> None:
+    page = (DOCS / "workers.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| `-")]
+    for param in aqueue.cli.worker.params:
+        if not isinstance(param, click.Option) or param.name == "help":
+            continue
+        row = next((r for r in rows if f"`{param.opts[-1]}`" in r), None)
+        assert row is not None, f"{param.opts[-1]} is not in the options table"
+        for opt in param.opts:
+            assert f"`{opt}`" in row, (opt, row)
+        if isinstance(param.default, (int, float, str)):
+            assert f"`{param.default}`" in row, (param.opts[-1], param.default, row)
+    assert (aqueue.cli.EXIT_RUNTIME_ERROR, aqueue.cli.EXIT_USAGE_ERROR) == (1, 2)
+
+
+def documented_headers() -> set[str]:
+    page = (DOCS / "workers.md").read_text()
+    return set(re.findall(r"^\| `(x-aqueue-[a-z-]+)` \|", page, re.MULTILINE))
+
+
+def test_dead_letter_reasons_are_the_documented_ones() -> None:
+    from aqueue import _failures
+    from aqueue.middleware import age_limit
+
+    page = (DOCS / "workers.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z-]+)` \|", page, re.MULTILINE))
+    reasons = {
+        _failures.FAILED,
+        _failures.INVALID_ARGUMENTS,
+        _failures.UNKNOWN_ACTOR,
+        _failures.UNDECODABLE,
+        age_limit.MAX_AGE_EXCEEDED,
+    }
+    assert reasons <= documented
+    headers = _failures.failure_headers(
+        _failures.FAILED, RuntimeError("boom"), queue_name="q", actor_name="a"
+    )
+    assert set(headers) <= documented_headers()
+
+
+def test_default_middleware_is_the_documented_one() -> None:
+    from aqueue.middleware import AgeLimit, Callbacks, Retries, TimeLimit, default_middleware
+
+    stack = default_middleware()
+    assert [type(m) for m in stack] == [AgeLimit, TimeLimit, Retries, Callbacks]
+    retries, time_limit, age_limit = stack[2], stack[1], stack[0]
+    assert isinstance(retries, Retries) and isinstance(time_limit, TimeLimit)
+    assert isinstance(age_limit, AgeLimit)
+    assert (retries.max_retries, retries.min_backoff, retries.max_backoff) == (20, 15.0, 3600.0)
+    assert (time_limit.time_limit, age_limit.max_age) == (600.0, None)
+    options = set().union(*(m.actor_options for m in stack))
+    page = (DOCS / "retries.md").read_text()
+    for option in options:
+        assert f"`{option}`" in page, option
+
+
+# -- index.md ---------------------------------------------------------------------------------
+
+
+async def test_first_actor_sent_by_the_script_and_run_by_the_cli(examples: Examples) -> None:
+    sent = await asyncio.create_subprocess_exec(
+        sys.executable, "first_actor.py", cwd=examples.directory, env=examples.env()
+    )
+    assert await sent.wait() == 0
+    assert await count(examples.q("greetings")) == 1
+
+    async with cli_worker(examples, "first_actor") as worker:
+        await worker.wait_for("Hello, world!")
+        assert await worker.stop() == 0, worker.output
+    assert "worker stopped" in worker.output
+    assert await count(examples.q("greetings")) == 0
+    assert await count(examples.q("greetings") + ".XQ") == 0
+
+
+# -- getting-started.md -----------------------------------------------------------------------
+
+
+async def test_producer_then_cli_worker_as_in_getting_started(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    producer = examples.load("producer")
+    await producer.main()
+    out = capsys.readouterr().out
+    assert re.search(r"^queued [0-9a-f-]{36}$", out, re.MULTILINE), out
+    assert "not sent: send_welcome_email(): argument 'user_id': Expected `int`, got `str`" in out
+    assert await count(examples.q("emails")) == 1  # the invalid call published nothing
+    assert await count(examples.q("reports")) == 1
+
+    emails, reports = examples.q("emails"), examples.q("reports")
+    async with cli_worker(examples, "tasks") as worker:
+        await worker.wait_for(
+            f"queues {emails} (prefetch 100), {reports} (prefetch 2), concurrency 100, threads 8",
+            "welcome email sent to ada@example.com (user 42)",
+            "report 7 built",
+        )
+        assert await worker.stop(signal.SIGINT) == 0, worker.output
+    for queue_name in (emails, reports, emails + ".XQ", reports + ".XQ"):
+        assert await count(queue_name) == 0, queue_name
+
+
+async def test_drain_runs_a_worker_until_the_queue_is_empty(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    drain = examples.load("drain")
+    await drain.main()
+    assert "welcome email sent to ada@example.com (user 42)" in capsys.readouterr().out
+    assert await count(examples.q("emails")) == 0
+    assert await count(examples.q("emails") + ".XQ") == 0
+
+
+async def test_fastapi_app_sends_from_a_request(examples: Examples) -> None:
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    app_module = examples.load("fastapi_app")
+    app = app_module.app
+    tasks = examples.load("tasks")
+
+    async with app.router.lifespan_context(app):
+        assert tasks.broker.connection is not None  # connected at startup
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.post("/users/42/welcome", params={"address": "ada@example.com"})
+    assert response.status_code == 202, response.text
+    assert set(response.json()) == {"message_id"}
+    assert tasks.broker.connection is None  # closed at shutdown
+    assert await count(examples.q("emails")) == 1
+
+
+# -- actors.md --------------------------------------------------------------------------------
+
+
+async def test_actor_forms(examples: Examples) -> None:
+    forms = examples.load("actor_forms", live=False)
+    default = aqueue.get_broker()
+    assert (forms.ping.actor_name, forms.ping.queue_name) == ("ping", "default")
+    assert forms.ping.broker is default and forms.ping.is_async
+    assert forms.resize.actor_name == "thumbnails.resize"
+    assert (forms.resize.queue_name, forms.resize.concurrency) == ("images", 4)
+    assert not forms.resize.is_async
+    assert forms.charge.broker is forms.billing_broker
+    assert set(default.actors) == {"ping", "thumbnails.resize"}
+    assert set(forms.billing_broker.actors) == {"charge"}
+    assert await forms.ping() == "pong"  # called directly: no broker involved
+
+
+def test_actor_forms_main_prints_what_its_comments_say(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = examples.directory / "actor_forms.py"
+    runpy.run_path(str(path), run_name="__main__")
+    printed = capsys.readouterr().out.splitlines()
+    commented = re.findall(r"^\s*print\(.*\)  # (.*)$", path.read_text(), re.MULTILINE)
+    assert printed == commented
+
+
+def test_names_are_refused_as_documented(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runpy.run_path(str(examples.directory / "names.py"))
+    printed = capsys.readouterr().out.strip()
+    page = (DOCS / "actors.md").read_text()
+    shown = next(body for lang, body in fenced_blocks(page) if body.startswith("refused:"))
+    assert printed == shown.strip()
+    assert aqueue.get_broker().actors == {}
+
+
+async def test_typed_arguments_arrive_as_their_types(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typed = examples.load("typed_arguments")
+    await typed.main()
+    sent = capsys.readouterr().out
+    assert "not sent: ship_order(): argument 'order_id': Invalid UUID" in sent
+
+    broker = aqueue.get_broker()
+    orders = examples.q("orders")
+    async with broker, aqueue.Worker(broker, queues=[orders]):
+        await broker.join(orders, timeout=30)
+    ran = capsys.readouterr().out
+    page = (DOCS / "actors.md").read_text()
+    shown = next(body for lang, body in fenced_blocks(page) if body.startswith("order "))
+    assert ran.strip() == shown.strip()
+    assert await count(orders + ".XQ") == 0
+
+
+def test_message_format_is_the_documented_one(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runpy.run_path(str(examples.directory / "messages.py"))
+    printed = json.loads(capsys.readouterr().out)
+    page = (DOCS / "actors.md").read_text()
+    shown = json.loads(next(body for lang, body in fenced_blocks(page) if lang == "json"))
+    assert list(printed) == list(shown)  # the same fields, in the same order
+    for field in ("actor_name", "args", "kwargs", "options"):
+        assert printed[field] == shown[field]
+    assert printed["queue_name"] == examples.q("emails")
+    assert uuid.UUID(printed["message_id"]).version == 4
+    assert isinstance(printed["message_timestamp"], int)
+    for field in printed:
+        assert f"| `{field}` |" in page, field
+
+
+# -- workers.md -------------------------------------------------------------------------------
+
+
+async def test_embedded_worker_runs_until_stopped(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tasks = examples.load("tasks")
+    embedded = examples.load("embedded_worker")
+    await tasks.send_welcome_email.send(1, "grace@example.com")
+    await tasks.build_report.send(2)
+
+    stop = asyncio.Event()
+    running = asyncio.create_task(embedded.run_worker(stop))
+    try:
+        for queue_name in (examples.q("emails"), examples.q("reports")):
+            await tasks.broker.join(queue_name, timeout=30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+    out = capsys.readouterr().out
+    assert "welcome email sent to grace@example.com (user 1)" in out
+    assert "report 2 built" in out
+    assert tasks.broker.connection is None  # the example closes the broker
+
+
+async def test_dead_letters_are_shown_and_requeued(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dead = examples.load("dead_letters")
+    await dead.main()
+    printed = capsys.readouterr().out.strip()
+    page = (DOCS / "retries.md").read_text()
+    shown = next(body for lang, body in fenced_blocks(page) if body.startswith("failed |"))
+    assert printed == shown.strip()
+    payments = examples.q("payments")
+    assert await count(payments) == 1  # back in the work queue
+    assert await count(payments + ".XQ") == 0
+
+    # It fails again; its dead letter carries every documented header.
+    async with dead.broker, aqueue.Worker(dead.broker, queues=[payments]):
+        await dead.broker.join(payments, timeout=30)
+        (letter,) = await dead.broker.dead_letters(payments)
+    assert set(letter.headers) == documented_headers()
+    assert (letter.reason, letter.retries, letter.exception) == ("failed", 0, "CardDeclined")
+
+
+# -- retries.md -------------------------------------------------------------------------------
+
+
+def shown_output(page: str, first_line: str) -> list[str]:
+    """The lines of the text block of ``page`` that starts with ``first_line``."""
+    text = (DOCS / page).read_text()
+    return next(
+        body for lang, body in fenced_blocks(text) if body.startswith(first_line)
+    ).splitlines()
+
+
+async def test_retries_until_success(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    retries = examples.load("retries")
+    await retries.main()
+    printed = capsys.readouterr().out.splitlines()
+    assert sorted(printed) == sorted(shown_output("retries.md", "attempt 1"))
+    assert await count(examples.q("webhooks")) == 0
+    assert await count(examples.q("webhooks") + ".XQ") == 1  # the max_retries=0 one
+
+
+async def test_delays_deliver_later_in_due_order(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    delays = examples.load("delays")
+    await delays.main()
+    assert capsys.readouterr().out.splitlines() == [
+        "reminder for user 43",
+        "reminder for user 42",
+    ]
+    assert await count(examples.q("reminders")) == 0
+
+
+async def test_callbacks_after_success_and_failure(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    callbacks = examples.load("callbacks")
+    await callbacks.main()
+    printed = capsys.readouterr().out.splitlines()
+    assert sorted(printed) == sorted(shown_output("retries.md", "export of report"))
+    assert await count(examples.q("exports") + ".XQ") == 1  # the failed export itself
+
+
+async def test_custom_middleware_stack(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    middleware = examples.load("middleware")
+    await middleware.main()
+    assert re.fullmatch(r"make_thumbnail: done in 0\.\d s\n", capsys.readouterr().out)
