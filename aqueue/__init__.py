@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .actor import Actor, actor
 from .broker import Broker, get_broker, set_broker
+from .brokers.memory import InMemoryBroker
 from .brokers.rabbitmq import RabbitmqBroker
 from .context import MessageContext, current_message
 from .dead_letters import DeadLetter
@@ -42,6 +43,7 @@ __all__ = [
     "current_message",
     # brokers
     "Broker",
+    "InMemoryBroker",
     "RabbitmqBroker",
     "get_broker",
     "set_broker",

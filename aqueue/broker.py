@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import collections
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -93,6 +94,8 @@ class Broker(abc.ABC):
         self._in_flight: dict[str, int] = {}
         # Retries this process scheduled, by queue: message id -> when to stop waiting.
         self._pending_retries: dict[str, dict[str, float]] = {}
+        # Exceptions of messages that failed for good here, by queue, for join(fail_fast=True).
+        self._failures: dict[str, collections.deque[BaseException]] = {}
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Append ``middleware`` to the stack (declare actors after adding their middleware)."""
@@ -282,13 +285,23 @@ class Broker(abc.ABC):
         """How many messages wait in ``queue_name``, ready to be delivered."""
 
     async def join(
-        self, queue_name: str, *, timeout: float | None = None, poll_interval: float = 0.02
+        self,
+        queue_name: str,
+        *,
+        timeout: float | None = None,
+        fail_fast: bool = False,
+        poll_interval: float = 0.02,
     ) -> None:
         """Wait until ``queue_name`` has no ready messages and none of it is in flight here.
 
-        In flight means received by a worker in this process and not yet settled.
-        Idle must be seen on two checks in a row, so a delivery on its way from the
-        broker is not missed.
+        In flight means received by a worker in this process and not yet settled;
+        retries this process scheduled for the queue count too. Idle must be seen on
+        two checks in a row, so a delivery on its way from the broker is not missed.
+
+        Args:
+            timeout: Seconds to wait at most.
+            fail_fast: Re-raise the exception of the first message of this queue that
+                failed for good in this process (with the actor's traceback).
 
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
@@ -303,12 +316,39 @@ class Broker(abc.ABC):
             ):
                 idle_checks += 1
                 if idle_checks >= 2 and self._in_flight.get(queue_name, 0) == 0:
-                    return
+                    break
             else:
                 idle_checks = 0
+            if fail_fast:
+                self._raise_failure(queue_name)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"queue {queue_name!r} was not drained within {timeout} s")
             await anyio.sleep(poll_interval)
+        if fail_fast:
+            self._raise_failure(queue_name)
+
+    async def join_all(self, *, timeout: float | None = None, fail_fast: bool = False) -> None:
+        """:meth:`join` every queue that has actors, until all are idle together."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for queue_name in sorted(self.queue_names):
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                await self.join(queue_name, timeout=remaining, fail_fast=fail_fast)
+            # A message of one queue may have sent to another that was already joined.
+            counts = [await self.ready_count(q) for q in self.queue_names]
+            if not any(counts) and not any(self._in_flight.get(q, 0) for q in self.queue_names):
+                return
+
+    def _record_failure(self, queue_name: str, exc: BaseException) -> None:
+        failures = self._failures.get(queue_name)
+        if failures is None:
+            failures = self._failures[queue_name] = collections.deque(maxlen=100)
+        failures.append(exc)
+
+    def _raise_failure(self, queue_name: str) -> None:
+        failures = self._failures.get(queue_name)
+        if failures:
+            raise failures.popleft()
 
     def _delivery_started(self, queue_name: str) -> None:
         self._in_flight[queue_name] = self._in_flight.get(queue_name, 0) + 1

@@ -345,6 +345,7 @@ class Worker:
         )
         headers.update(context.failure_headers)
         await self._dead_letter(plan.name, delivery, headers, message.message_id)
+        self.broker._record_failure(plan.name, failure)
 
     async def _run(
         self,

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aio_pika
 import pytest
@@ -86,8 +87,42 @@ def make_queue_name(rabbit: RabbitAdmin) -> Callable[[], str]:
     return make
 
 
+@pytest.fixture(params=["rabbitmq", "memory"])
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """Behaviour tests run against both brokers, so the in-memory one cannot drift."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def broker() -> AsyncIterator[aqueue.RabbitmqBroker]:
+async def make_broker(broker_kind: str) -> AsyncIterator[Callable[..., aqueue.Broker]]:
+    """Build brokers of this test's kind (with a custom middleware stack, say); closed after."""
+    made: list[aqueue.Broker] = []
+
+    def make(**options: Any) -> aqueue.Broker:
+        b: aqueue.Broker
+        if broker_kind == "rabbitmq":
+            b = aqueue.RabbitmqBroker(RABBITMQ_URL, **options)
+        else:
+            b = aqueue.InMemoryBroker(**options)
+        made.append(b)
+        return b
+
+    try:
+        yield make
+    finally:
+        for b in made:
+            await b.close()
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., aqueue.Broker]) -> aqueue.Broker:
+    """A broker of each kind in turn: RabbitMQ and in-memory."""
+    return make_broker()
+
+
+@pytest.fixture
+async def rabbitmq_broker() -> AsyncIterator[aqueue.RabbitmqBroker]:
+    """A RabbitMQ broker, for tests of what only RabbitMQ has (connections, raw bodies, ...)."""
     b = aqueue.RabbitmqBroker(RABBITMQ_URL)
     try:
         yield b

@@ -13,8 +13,6 @@ import pytest
 import aqueue
 from aqueue.topology import MAX_NAME_BYTES
 
-from .conftest import RabbitAdmin
-
 
 class Point(msgspec.Struct):
     x: int
@@ -27,7 +25,7 @@ class Order:
     placed_at: datetime.datetime
 
 
-def test_actor_defaults_to_function_name_and_default_queue(broker: aqueue.RabbitmqBroker) -> None:
+def test_actor_defaults_to_function_name_and_default_queue(broker: aqueue.Broker) -> None:
     @broker.actor
     async def resize(width: int) -> int:
         return width * 2
@@ -38,7 +36,7 @@ def test_actor_defaults_to_function_name_and_default_queue(broker: aqueue.Rabbit
     assert broker.get_actor("resize") is resize
 
 
-def test_actor_is_callable_directly(broker: aqueue.RabbitmqBroker) -> None:
+def test_actor_is_callable_directly(broker: aqueue.Broker) -> None:
     @broker.actor(queue_name="x")
     def double(n: int) -> int:
         return n * 2
@@ -46,7 +44,7 @@ def test_actor_is_callable_directly(broker: aqueue.RabbitmqBroker) -> None:
     assert double(21) == 42
 
 
-def test_module_level_decorator_uses_default_broker(broker: aqueue.RabbitmqBroker) -> None:
+def test_module_level_decorator_uses_default_broker(broker: aqueue.Broker) -> None:
     previous = aqueue.get_broker()
     aqueue.set_broker(broker)
     try:
@@ -61,7 +59,7 @@ def test_module_level_decorator_uses_default_broker(broker: aqueue.RabbitmqBroke
         aqueue.set_broker(previous)
 
 
-def test_unknown_option_is_an_error_at_decoration(broker: aqueue.RabbitmqBroker) -> None:
+def test_unknown_option_is_an_error_at_decoration(broker: aqueue.Broker) -> None:
     with pytest.raises(aqueue.ActorDefinitionError, match=r"unknown option.*max_retriez"):
 
         @broker.actor(max_retriez=3)
@@ -82,9 +80,7 @@ def test_unknown_option_is_an_error_at_decoration(broker: aqueue.RabbitmqBroker)
         "q.XQ",
     ],
 )
-def test_invalid_queue_names_are_rejected_at_decoration(
-    broker: aqueue.RabbitmqBroker, name: str
-) -> None:
+def test_invalid_queue_names_are_rejected_at_decoration(broker: aqueue.Broker, name: str) -> None:
     with pytest.raises(aqueue.ActorDefinitionError):
 
         @broker.actor(queue_name=name)
@@ -92,7 +88,7 @@ def test_invalid_queue_names_are_rejected_at_decoration(
 
 
 @pytest.mark.parametrize("name", ["", "white space", "semi;colon", "é"])
-def test_invalid_actor_names_are_rejected(broker: aqueue.RabbitmqBroker, name: str) -> None:
+def test_invalid_actor_names_are_rejected(broker: aqueue.Broker, name: str) -> None:
     with pytest.raises(aqueue.ActorDefinitionError, match="actor name"):
 
         @broker.actor(actor_name=name)
@@ -100,16 +96,14 @@ def test_invalid_actor_names_are_rejected(broker: aqueue.RabbitmqBroker, name: s
 
 
 @pytest.mark.parametrize("concurrency", [0, -1, 1.5, True])
-def test_concurrency_must_be_a_positive_int(
-    broker: aqueue.RabbitmqBroker, concurrency: Any
-) -> None:
+def test_concurrency_must_be_a_positive_int(broker: aqueue.Broker, concurrency: Any) -> None:
     with pytest.raises(aqueue.ActorDefinitionError, match="concurrency"):
 
         @broker.actor(concurrency=concurrency)
         async def task() -> None: ...
 
 
-def test_two_functions_cannot_share_an_actor_name(broker: aqueue.RabbitmqBroker) -> None:
+def test_two_functions_cannot_share_an_actor_name(broker: aqueue.Broker) -> None:
     @broker.actor(actor_name="same")
     async def one() -> None: ...
 
@@ -119,7 +113,7 @@ def test_two_functions_cannot_share_an_actor_name(broker: aqueue.RabbitmqBroker)
         async def two() -> None: ...
 
 
-def test_generators_cannot_be_actors(broker: aqueue.RabbitmqBroker) -> None:
+def test_generators_cannot_be_actors(broker: aqueue.Broker) -> None:
     with pytest.raises(aqueue.ActorDefinitionError, match="generator"):
 
         @broker.actor
@@ -131,14 +125,14 @@ class Opaque:
     pass
 
 
-def test_type_hints_that_cannot_travel_are_rejected(broker: aqueue.RabbitmqBroker) -> None:
+def test_type_hints_that_cannot_travel_are_rejected(broker: aqueue.Broker) -> None:
     with pytest.raises(aqueue.ActorDefinitionError, match="cannot travel as JSON"):
 
         @broker.actor
         async def task(thing: Opaque) -> None: ...
 
 
-def test_message_carries_dramatiq_field_names(broker: aqueue.RabbitmqBroker) -> None:
+def test_message_carries_dramatiq_field_names(broker: aqueue.Broker) -> None:
     @broker.actor(queue_name="emails")
     async def send_email(to: str, *, subject: str = "") -> None: ...
 
@@ -176,8 +170,7 @@ def test_message_carries_dramatiq_field_names(broker: aqueue.RabbitmqBroker) -> 
     ],
 )
 async def test_send_with_wrong_arguments_raises_and_publishes_nothing(
-    broker: aqueue.RabbitmqBroker,
-    rabbit: RabbitAdmin,
+    broker: aqueue.Broker,
     queue_name: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -193,10 +186,10 @@ async def test_send_with_wrong_arguments_raises_and_publishes_nothing(
         await draw.send(*args, **kwargs)
     assert isinstance(info.value, TypeError)
     assert isinstance(info.value, ValueError)
-    assert await rabbit.count(queue_name) == 0
+    assert await broker.ready_count(queue_name) == 0
 
 
-def test_keyword_only_and_variadic_parameters(broker: aqueue.RabbitmqBroker) -> None:
+def test_keyword_only_and_variadic_parameters(broker: aqueue.Broker) -> None:
     @broker.actor
     async def flexible(a: int, /, *rest: int, flag: bool, **extra: str) -> None: ...
 
@@ -209,7 +202,7 @@ def test_keyword_only_and_variadic_parameters(broker: aqueue.RabbitmqBroker) -> 
         flexible.message(1, flag=True, note=5)
 
 
-async def test_send_with_options_rejects_unknown_options(broker: aqueue.RabbitmqBroker) -> None:
+async def test_send_with_options_rejects_unknown_options(broker: aqueue.Broker) -> None:
     @broker.actor
     async def task() -> None: ...
 
@@ -218,7 +211,7 @@ async def test_send_with_options_rejects_unknown_options(broker: aqueue.Rabbitmq
 
 
 async def test_arguments_that_cannot_be_encoded_are_a_validation_error(
-    broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     @broker.actor(queue_name=queue_name)
     async def anything(value: Any) -> None: ...
@@ -226,4 +219,4 @@ async def test_arguments_that_cannot_be_encoded_are_a_validation_error(
     await broker.declare_queue(queue_name)
     with pytest.raises(aqueue.ValidationError, match="cannot be encoded as JSON"):
         await anything.send(object())
-    assert await rabbit.count(queue_name) == 0
+    assert await broker.ready_count(queue_name) == 0

@@ -11,8 +11,6 @@ import pytest
 import aqueue
 from aqueue.topology import DELAY_LEVELS, MAX_DELAY_MS, delay_route
 
-from .conftest import RabbitAdmin
-
 
 def test_delay_route_writes_the_delay_in_binary_before_the_queue() -> None:
     exchange, key = delay_route("jobs.high", 10)
@@ -29,7 +27,7 @@ def test_delay_route_writes_the_delay_in_binary_before_the_queue() -> None:
 
 
 async def test_delayed_messages_arrive_on_time_and_never_early(
-    broker: aqueue.RabbitmqBroker, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     arrivals: dict[float, float] = {}
 
@@ -51,7 +49,7 @@ async def test_delayed_messages_arrive_on_time_and_never_early(
 
 
 async def test_long_delay_sent_first_does_not_hold_back_a_short_one(
-    broker: aqueue.RabbitmqBroker, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     arrived: list[str] = []
 
@@ -78,7 +76,7 @@ async def test_long_delay_sent_first_does_not_hold_back_a_short_one(
 
 
 async def test_delayed_message_waits_in_rabbitmq_while_no_worker_runs(
-    broker: aqueue.RabbitmqBroker, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     done: list[int] = []
 
@@ -96,7 +94,7 @@ async def test_delayed_message_waits_in_rabbitmq_while_no_worker_runs(
     assert done == [1]
 
 
-async def test_eta_takes_an_aware_datetime(broker: aqueue.RabbitmqBroker, queue_name: str) -> None:
+async def test_eta_takes_an_aware_datetime(broker: aqueue.Broker, queue_name: str) -> None:
     done: list[float] = []
 
     @broker.actor(queue_name=queue_name)
@@ -130,8 +128,7 @@ async def test_eta_takes_an_aware_datetime(broker: aqueue.RabbitmqBroker, queue_
     ],
 )
 async def test_bad_delays_are_rejected_before_publishing(
-    broker: aqueue.RabbitmqBroker,
-    rabbit: RabbitAdmin,
+    broker: aqueue.Broker,
     queue_name: str,
     options: dict[str, object],
     match: str,
@@ -142,12 +139,13 @@ async def test_bad_delays_are_rejected_before_publishing(
     await broker.declare_queue(queue_name)
     with pytest.raises(aqueue.ValidationError, match=match):
         await task.send_with_options(**options)  # type: ignore[arg-type]
-    assert await rabbit.count(queue_name) == 0
+    assert await broker.ready_count(queue_name) == 0
 
 
 async def test_queue_names_with_dots_do_not_receive_each_others_delays(
-    broker: aqueue.RabbitmqBroker, make_queue_name: object
+    rabbitmq_broker: aqueue.RabbitmqBroker, make_queue_name: object
 ) -> None:
+    broker = rabbitmq_broker
     short = make_queue_name()  # type: ignore[operator]
     dotted = f"zz.{short}"
     got: list[str] = []
@@ -174,8 +172,9 @@ async def test_queue_names_with_dots_do_not_receive_each_others_delays(
 
 
 async def test_delay_topology_deleted_behind_our_back_is_declared_again(
-    broker: aqueue.RabbitmqBroker, queue_name: str
+    rabbitmq_broker: aqueue.RabbitmqBroker, queue_name: str
 ) -> None:
+    broker = rabbitmq_broker
     done: list[int] = []
 
     @broker.actor(queue_name=queue_name)

@@ -10,8 +10,6 @@ import pytest
 import aqueue
 from aqueue.middleware import Retries
 
-from .conftest import RabbitAdmin
-
 
 def test_backoff_is_exponential_with_jitter_within_bounds() -> None:
     retries = Retries()
@@ -33,7 +31,7 @@ def test_retry_defaults_suit_production() -> None:
 
 
 async def test_failing_actor_is_retried_with_backoff_then_dead_lettered(
-    broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     calls: list[tuple[float, str, int]] = []
 
@@ -66,10 +64,10 @@ async def test_failing_actor_is_retried_with_backoff_then_dead_lettered(
     assert "x-aqueue-first-failed-at" in letter.headers
     assert letter.message is not None and letter.message.options["retries"] == 3
     # Reading does not remove.
-    assert await rabbit.count(queue_name + ".XQ") == 1
+    assert await broker.ready_count(queue_name + ".XQ") == 1
 
 
-async def test_throws_skips_retries(broker: aqueue.RabbitmqBroker, queue_name: str) -> None:
+async def test_throws_skips_retries(broker: aqueue.Broker, queue_name: str) -> None:
     calls = 0
 
     @broker.actor(queue_name=queue_name, throws=(KeyError,), min_backoff=0.1)
@@ -87,9 +85,7 @@ async def test_throws_skips_retries(broker: aqueue.RabbitmqBroker, queue_name: s
     assert letter.retries == 0
 
 
-async def test_retry_when_replaces_the_count_rule(
-    broker: aqueue.RabbitmqBroker, queue_name: str
-) -> None:
+async def test_retry_when_replaces_the_count_rule(broker: aqueue.Broker, queue_name: str) -> None:
     seen: list[tuple[int, str]] = []
 
     def only_timeouts(retries: int, exc: BaseException) -> bool:
@@ -112,7 +108,7 @@ async def test_retry_when_replaces_the_count_rule(
 
 
 async def test_per_message_options_override_the_actor(
-    broker: aqueue.RabbitmqBroker, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     attempts = 0
 
@@ -129,7 +125,7 @@ async def test_per_message_options_override_the_actor(
 
 
 async def test_retry_when_and_throws_cannot_travel_in_a_message(
-    broker: aqueue.RabbitmqBroker,
+    broker: aqueue.Broker,
 ) -> None:
     @broker.actor
     async def task() -> None: ...
@@ -152,7 +148,7 @@ async def test_retry_when_and_throws_cannot_travel_in_a_message(
     ],
 )
 def test_bad_middleware_options_fail_at_decoration(
-    broker: aqueue.RabbitmqBroker, options: dict[str, object], match: str
+    broker: aqueue.Broker, options: dict[str, object], match: str
 ) -> None:
     with pytest.raises(aqueue.ActorDefinitionError, match=match):
 
@@ -161,7 +157,7 @@ def test_bad_middleware_options_fail_at_decoration(
 
 
 async def test_dead_letters_can_be_requeued_after_a_fix_and_then_succeed(
-    broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     fixed = False
     done: list[int] = []
@@ -188,11 +184,11 @@ async def test_dead_letters_can_be_requeued_after_a_fix_and_then_succeed(
         assert await broker.requeue_dead_letters(queue_name) == 1
         await broker.join(queue_name, timeout=10)
     assert sorted(done) == [1, 2]
-    assert await rabbit.count(queue_name + ".XQ") == 0
+    assert await broker.ready_count(queue_name + ".XQ") == 0
 
 
 async def test_requeued_dead_letter_gets_its_retries_back(
-    broker: aqueue.RabbitmqBroker, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     attempts = 0
 
@@ -212,7 +208,7 @@ async def test_requeued_dead_letter_gets_its_retries_back(
 
 
 async def test_dead_letters_can_be_selected_by_actor_and_purged_by_age(
-    broker: aqueue.RabbitmqBroker, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     @broker.actor(queue_name=queue_name, max_retries=0)
     async def alpha() -> None:

@@ -38,9 +38,7 @@ async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_async_actor_runs_on_the_event_loop(
-    broker: aqueue.RabbitmqBroker, queue_name: str
-) -> None:
+async def test_async_actor_runs_on_the_event_loop(broker: aqueue.Broker, queue_name: str) -> None:
     seen: list[tuple[int, bool]] = []
     loop_thread = threading.get_ident()
 
@@ -56,7 +54,7 @@ async def test_async_actor_runs_on_the_event_loop(
 
 
 async def test_blocking_actor_runs_in_a_thread_not_on_the_loop(
-    broker: aqueue.RabbitmqBroker, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     threads: list[int] = []
     loop_thread = threading.get_ident()
@@ -75,7 +73,7 @@ async def test_blocking_actor_runs_in_a_thread_not_on_the_loop(
 
 
 async def test_loop_keeps_running_while_blocking_actors_sleep(
-    broker: aqueue.RabbitmqBroker, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     @broker.actor(queue_name=queue_name)
     def sleeper() -> None:
@@ -100,7 +98,7 @@ async def test_loop_keeps_running_while_blocking_actors_sleep(
 
 
 async def test_arguments_are_decoded_to_the_annotated_types(
-    broker: aqueue.RabbitmqBroker, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     received: list[Any] = []
 
@@ -128,8 +126,9 @@ async def test_arguments_are_decoded_to_the_annotated_types(
 
 
 async def test_message_is_acked_only_after_the_actor_finished(
-    broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+    rabbitmq_broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
 ) -> None:
+    broker = rabbitmq_broker
     started = asyncio.Event()
     release = asyncio.Event()
 
@@ -165,9 +164,7 @@ def _rabbitmqctl_queue_counts(queue_name: str) -> tuple[int, int]:
     raise AssertionError(f"queue {queue_name} not found")
 
 
-async def test_actor_concurrency_is_respected(
-    broker: aqueue.RabbitmqBroker, queue_name: str
-) -> None:
+async def test_actor_concurrency_is_respected(broker: aqueue.Broker, queue_name: str) -> None:
     running = 0
     peak = 0
 
@@ -192,7 +189,7 @@ async def test_actor_concurrency_is_respected(
 
 
 async def test_failing_actor_is_dead_lettered_with_reason_headers(
-    broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     @broker.actor(queue_name=queue_name, max_retries=0)
     async def explode(n: int) -> None:
@@ -201,8 +198,7 @@ async def test_failing_actor_is_dead_lettered_with_reason_headers(
     sent = await explode.send(7)
     async with aqueue.Worker(broker, queues=[queue_name]):
         await broker.join(queue_name, timeout=10)
-    dead = await rabbit.get(queue_name + ".XQ")
-    assert dead is not None
+    [dead] = await broker.dead_letters(queue_name)
     assert aqueue.Message.decode(dead.body) == sent
     assert dead.message_id == sent.message_id
     headers = dead.headers
@@ -211,7 +207,7 @@ async def test_failing_actor_is_dead_lettered_with_reason_headers(
     assert headers["x-aqueue-exception"] == "RuntimeError"
     assert headers["x-aqueue-error"] == "boom 7"
     assert "RuntimeError: boom 7" in str(headers["x-aqueue-traceback"])
-    assert await rabbit.count(queue_name) == 0
+    assert await broker.ready_count(queue_name) == 0
 
 
 @pytest.mark.parametrize(
@@ -239,12 +235,13 @@ async def test_failing_actor_is_dead_lettered_with_reason_headers(
     ],
 )
 async def test_bad_bodies_are_dead_lettered_and_the_worker_goes_on(
-    broker: aqueue.RabbitmqBroker,
+    rabbitmq_broker: aqueue.RabbitmqBroker,
     rabbit: RabbitAdmin,
     queue_name: str,
     body: bytes,
     reason: str,
 ) -> None:
+    broker = rabbitmq_broker
     done: list[int] = []
 
     @broker.actor(queue_name=queue_name)
@@ -265,7 +262,7 @@ async def test_bad_bodies_are_dead_lettered_and_the_worker_goes_on(
 
 
 async def test_graceful_stop_lets_running_messages_finish(
-    broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     finished: list[int] = []
 
@@ -282,11 +279,11 @@ async def test_graceful_stop_lets_running_messages_finish(
     await worker.stop(timeout=5)
     assert sorted(finished) == [0, 1]
     # The rest was never started and is still in the queue.
-    await wait_until(lambda: _rabbitmqctl_queue_counts(queue_name) == (4, 0))
+    assert await broker.ready_count(queue_name) == 4
 
 
 async def test_stop_requeues_what_does_not_finish_in_time(
-    broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     calls: list[str] = []
 
@@ -308,11 +305,11 @@ async def test_stop_requeues_what_does_not_finish_in_time(
     started = time.monotonic()
     await worker.stop(timeout=0.2)
     assert time.monotonic() - started < 3
-    await wait_until(lambda: _rabbitmqctl_queue_counts(queue_name) == (2, 0))
+    assert await broker.ready_count(queue_name) == 2
 
 
 async def test_blocking_messages_waiting_for_a_thread_are_requeued_at_once_on_stop(
-    broker: aqueue.RabbitmqBroker, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     started: list[int] = []
 
@@ -337,11 +334,11 @@ async def test_blocking_messages_waiting_for_a_thread_are_requeued_at_once_on_st
     await worker.stop(timeout=10)
     assert time.monotonic() - stop_started < 2
     assert len(started) == 2
-    await wait_until(lambda: _rabbitmqctl_queue_counts(queue_name) == (6, 0))
+    assert await broker.ready_count(queue_name) == 6
 
 
 async def test_worker_without_actors_or_with_unknown_queue_refuses_to_start(
-    broker: aqueue.RabbitmqBroker,
+    broker: aqueue.Broker,
 ) -> None:
     with pytest.raises(aqueue.WorkerError, match="no actors"):
         await aqueue.Worker(broker).start()
@@ -354,7 +351,7 @@ async def test_worker_without_actors_or_with_unknown_queue_refuses_to_start(
 
 
 async def test_join_times_out_with_builtin_timeout_error(
-    broker: aqueue.RabbitmqBroker, queue_name: str
+    broker: aqueue.Broker, queue_name: str
 ) -> None:
     @broker.actor(queue_name=queue_name)
     async def never_consumed() -> None: ...
