@@ -31,6 +31,10 @@ def load_broker(specs: list[str]) -> Broker:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise LoadError(f"cannot import {module_name!r}: {exc}") from exc
+        except Exception as exc:  # the module itself is broken, e.g. a bad @actor option
+            raise LoadError(
+                f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         if attribute:
             try:
                 obj = getattr(module, attribute)

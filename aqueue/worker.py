@@ -273,26 +273,10 @@ class Worker:
             for m in self._before_process:
                 await m.before_process_message(context)
         except SkipMessage as skip:
-            for m in self._after_skip:
-                await m.after_skip_message(context)
-            if skip.dead_letter:
-                log.warning(
-                    "skipped message %s of actor %s: %s",
-                    message.message_id,
-                    message.actor_name,
-                    skip.reason,
-                    extra=_fields(message),
-                )
-                headers = {
-                    "x-aqueue-reason": skip.reason,
-                    "x-aqueue-queue": plan.name,
-                    "x-aqueue-actor": message.actor_name,
-                    "x-aqueue-failed-at": _failures.now_iso(),
-                    **context.failure_headers,
-                }
-                await self._dead_letter(plan.name, delivery, headers, message.message_id)
-            else:
-                await delivery.ack()
+            await self._skip(plan, delivery, context, skip)
+            return
+        except Exception as exc:
+            await self._requeue_after_middleware_error(delivery, message, exc)
             return
 
         try:
@@ -311,17 +295,51 @@ class Worker:
                 await m.after_process_message(context)
         except Exception as exc:
             # E.g. a retry that could not be published: run the message again later.
-            log.error(
-                "middleware failed after message %s (%s: %s); requeueing it",
+            await self._requeue_after_middleware_error(delivery, message, exc)
+            return
+        await self._settle(plan, delivery, context)
+
+    async def _skip(
+        self, plan: _QueuePlan, delivery: Delivery, context: MessageContext, skip: SkipMessage
+    ) -> None:
+        message = context.message
+        for m in self._after_skip:
+            await m.after_skip_message(context)
+        if skip.dead_letter:
+            log.warning(
+                "skipped message %s of actor %s: %s",
                 message.message_id,
-                type(exc).__name__,
-                exc,
+                message.actor_name,
+                skip.reason,
                 extra=_fields(message),
             )
-            await anyio.sleep(1.0)
-            await delivery.requeue()
-            return
+            headers = {
+                "x-aqueue-reason": skip.reason,
+                "x-aqueue-queue": plan.name,
+                "x-aqueue-actor": message.actor_name,
+                "x-aqueue-failed-at": _failures.now_iso(),
+                **context.failure_headers,
+            }
+            await self._dead_letter(plan.name, delivery, headers, message.message_id)
+        else:
+            await delivery.ack()
 
+    async def _requeue_after_middleware_error(
+        self, delivery: Delivery, message: Message, exc: Exception
+    ) -> None:
+        log.error(
+            "middleware failed on message %s (%s: %s); requeueing it",
+            message.message_id,
+            type(exc).__name__,
+            exc,
+            extra=_fields(message),
+        )
+        await anyio.sleep(1.0)  # no hot loop while, say, the broker cannot take a retry
+        await delivery.requeue()
+
+    async def _settle(self, plan: _QueuePlan, delivery: Delivery, context: MessageContext) -> None:
+        """Ack a success or a scheduled retry; dead-letter a final failure."""
+        message = context.message
         failure = context.exception
         if failure is None:
             await delivery.ack()

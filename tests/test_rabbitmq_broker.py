@@ -53,8 +53,9 @@ async def test_wrong_credentials_fail_at_once_without_showing_them() -> None:
 
 
 async def test_concurrent_first_use_opens_exactly_one_connection(
-    broker: aqueue.RabbitmqBroker, make_queue_name: object
+    rabbitmq_broker: aqueue.RabbitmqBroker, make_queue_name: object
 ) -> None:
+    broker = rabbitmq_broker
     queues = [make_queue_name() for _ in range(4)]  # type: ignore[operator]
     actors = []
     for q in queues:
@@ -77,8 +78,9 @@ async def test_concurrent_first_use_opens_exactly_one_connection(
 
 
 async def test_queues_are_durable_with_dead_lettering_to_xq(
-    broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+    rabbitmq_broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
 ) -> None:
+    broker = rabbitmq_broker
     await broker.declare_queue(queue_name)
     out = await asyncio.to_thread(rabbitmqctl, "list_queues", "name", "durable", "arguments")
     lines = {line.split("\t")[0]: line for line in out.splitlines()}
@@ -96,8 +98,10 @@ async def test_queues_are_durable_with_dead_lettering_to_xq(
 
 
 async def test_messages_are_persistent_and_carry_their_id(
-    broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+    rabbitmq_broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
 ) -> None:
+    broker = rabbitmq_broker
+
     @broker.actor(queue_name=queue_name)
     async def task(n: int) -> None: ...
 
@@ -111,15 +115,18 @@ async def test_messages_are_persistent_and_carry_their_id(
 
 
 async def test_unroutable_publish_raises_instead_of_vanishing(
-    broker: aqueue.RabbitmqBroker,
+    rabbitmq_broker: aqueue.RabbitmqBroker,
 ) -> None:
+    broker = rabbitmq_broker
     with pytest.raises(aqueue.UnroutableError, match="no queue is bound"):
         await broker.publish("no-such-queue-anywhere", b"{}", message_id="m-unroutable")
 
 
 async def test_send_succeeds_only_once_confirmed_and_many_sends_pipeline(
-    broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+    rabbitmq_broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
 ) -> None:
+    broker = rabbitmq_broker
+
     @broker.actor(queue_name=queue_name)
     async def task(n: int) -> None: ...
 
@@ -135,8 +142,9 @@ async def test_send_succeeds_only_once_confirmed_and_many_sends_pipeline(
 
 
 async def test_join_counts_unfinished_messages_of_this_process(
-    broker: aqueue.RabbitmqBroker, queue_name: str
+    rabbitmq_broker: aqueue.RabbitmqBroker, queue_name: str
 ) -> None:
+    broker = rabbitmq_broker
     release = asyncio.Event()
 
     @broker.actor(queue_name=queue_name)
@@ -157,3 +165,17 @@ async def test_broker_as_async_context_manager() -> None:
         assert broker.connection is not None
         assert not broker.connection.is_closed
     assert broker.connection is None
+
+
+async def test_join_on_a_missing_queue_returns_and_sending_still_works(
+    rabbitmq_broker: aqueue.RabbitmqBroker, queue_name: str
+) -> None:
+    broker = rabbitmq_broker
+
+    @broker.actor(queue_name=queue_name)
+    async def task() -> None: ...
+
+    await broker.join("no-such-queue-for-join", timeout=2)
+    assert await broker.ready_count("no-such-queue-for-join") == 0
+    await task.send()
+    assert await broker.ready_count(queue_name) == 1

@@ -104,6 +104,7 @@ class RabbitmqBroker(Broker):
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._topology_channel: AbstractRobustChannel | None = None
+        self._inspect_channel: aiormq.abc.AbstractChannel | None = None
         self._connect_lock: asyncio.Lock | None = None
         # Declarations done or under way, by queue name (and _DELAYS for the delay levels),
         # shared so that concurrent first sends declare once.
@@ -191,6 +192,7 @@ class RabbitmqBroker(Broker):
         connection, self._connection = self._connection, None
         self._publish_channel = None
         self._topology_channel = None
+        self._inspect_channel = None
         self._declared.clear()
         if connection is not None:
             await connection.close()
@@ -259,10 +261,23 @@ class RabbitmqBroker(Broker):
         return await self._topology_channel.get_underlay_channel()
 
     async def ready_count(self, queue_name: str) -> int:
-        """The number of ready messages in ``queue_name`` (a passive declare)."""
-        channel = await self._channel_for_topology()
-        result = await channel.queue_declare(queue_name, passive=True)
-        return int(result.message_count or 0)
+        """The number of ready messages in ``queue_name`` (0 if it does not exist)."""
+        info = await self.queue_info(queue_name)
+        return 0 if info is None else info.ready
+
+    async def _inspection_channel(self) -> aiormq.abc.AbstractChannel:
+        """A plain channel for passive declares: a missing queue closes it, and only it."""
+        channel = self._inspect_channel
+        if channel is None or channel.is_closed:
+            await self.connect()
+            assert self._connection is not None
+            await self._connection.ready()
+            transport = self._connection.transport
+            assert transport is not None
+            channel = self._inspect_channel = await transport.connection.channel(
+                publisher_confirms=False
+            )
+        return channel
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -453,9 +468,9 @@ class RabbitmqBroker(Broker):
 
     async def queue_info(self, queue_name: str) -> QueueInfo | None:
         """Ready messages and consumers of ``queue_name``, or None if it does not exist."""
+        channel = await self._inspection_channel()
         try:
-            async with self._temporary_channel() as channel:
-                result = await channel.queue_declare(queue_name, passive=True)
+            result = await channel.queue_declare(queue_name, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return None
         return QueueInfo(
