@@ -14,6 +14,8 @@ import pytest
 
 import aqueue
 
+pytest_plugins = ["pytester"]
+
 RABBITMQ_URL = os.environ.get("AQUEUE_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
