@@ -6,7 +6,7 @@ import pytest
 
 from .conftest import RABBITMQ_URL
 
-TASKS = '''
+TASKS = """
 import os
 
 import aqueue
@@ -26,9 +26,9 @@ async def send_email(to: str) -> None:
 @aqueue.actor(queue_name=QUEUE, max_retries=0)
 def broken(n: int) -> None:
     raise ValueError(f"bad {n}")
-'''
+"""
 
-TESTS = '''
+TESTS = """
 import pytest
 
 import aqueue
@@ -58,7 +58,7 @@ async def test_failures_surface_in_the_test(aqueue_broker, aqueue_worker, aqueue
 async def test_validation_still_applies(aqueue_broker):
     with pytest.raises(aqueue.ValidationError):
         await tasks.send_email.send(42)
-'''
+"""
 
 
 @pytest.mark.parametrize("kind", ["memory", "rabbitmq"])
