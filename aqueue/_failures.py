@@ -10,6 +10,7 @@ MAX_ERROR_CHARS = 1000
 
 # Reasons a message ends up in its dead-letter queue.
 UNDECODABLE = "undecodable"
+TOO_LARGE = "too-large"
 UNKNOWN_ACTOR = "unknown-actor"
 INVALID_ARGUMENTS = "invalid-arguments"
 FAILED = "failed"

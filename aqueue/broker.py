@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Broker", "Consumer", "Delivery", "QueueInfo", "get_broker", "set_broker"]
 
+#: Largest encoded message accepted at send and at receive, in bytes (1 MiB).
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+
 #: Options every actor accepts, whatever the middleware.
 CORE_ACTOR_OPTIONS = frozenset({"actor_name", "queue_name", "concurrency", "broker"})
 
@@ -85,7 +88,15 @@ class Broker(abc.ABC):
         actors: The registered actors by name.
     """
 
-    def __init__(self, *, middleware: Iterable[Middleware] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        middleware: Iterable[Middleware] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be a positive number of bytes")
+        self.max_message_size = max_message_size
         self.actors: dict[str, Actor[Any, Any]] = {}
         self.middleware: list[Middleware] = (
             default_middleware() if middleware is None else list(middleware)
@@ -216,6 +227,17 @@ class Broker(abc.ABC):
         for m in self.middleware:
             await m.after_enqueue(self, message, delay)
         return message
+
+    def _encode(self, message: Message) -> bytes:
+        """The message's JSON body; ValidationError if it is larger than allowed."""
+        body = message.encode()
+        if len(body) > self.max_message_size:
+            raise ValidationError(
+                f"{message.actor_name}(): the message is {len(body)} bytes, more than "
+                f"max_message_size ({self.max_message_size} bytes); pass large data by "
+                "reference (a URL, a key in a database or object store)"
+            )
+        return body
 
     @abc.abstractmethod
     async def _publish_message(self, message: Message, delay: float | None) -> None:

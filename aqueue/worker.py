@@ -34,6 +34,10 @@ __all__ = ["Worker"]
 log = logging.getLogger(__name__)
 
 
+class MessageTooLarge(Exception):
+    """A delivery's body is larger than the broker's max_message_size."""
+
+
 class _NotStarted(Exception):
     """The worker began to stop while a delivery waited for a free slot."""
 
@@ -243,11 +247,16 @@ class Worker:
             return
         actor_name: str | None = None
         try:
+            if len(delivery.body) > self.broker.max_message_size:
+                raise MessageTooLarge(
+                    f"the body is {len(delivery.body)} bytes, more than max_message_size "
+                    f"({self.broker.max_message_size} bytes)"
+                )
             message = Message.decode(delivery.body)
             actor_name = message.actor_name
             actor = self.broker.get_actor(actor_name)
             args, kwargs = actor.arguments.decode(message.args, message.kwargs)
-        except (MessageDecodeError, ActorNotFound, ValidationError) as exc:
+        except (MessageDecodeError, ActorNotFound, ValidationError, MessageTooLarge) as exc:
             await self._reject(plan.name, delivery, exc, actor_name)
             return
         self.broker._message_received(message)
@@ -417,7 +426,9 @@ class Worker:
         self, queue_name: str, delivery: Delivery, exc: Exception, actor_name: str | None
     ) -> None:
         reason = (
-            _failures.UNDECODABLE
+            _failures.TOO_LARGE
+            if isinstance(exc, MessageTooLarge)
+            else _failures.UNDECODABLE
             if isinstance(exc, MessageDecodeError)
             else _failures.UNKNOWN_ACTOR
             if isinstance(exc, ActorNotFound)

@@ -12,7 +12,14 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from ..broker import Broker, Consumer, Delivery, DeliveryHandler, QueueInfo
+from ..broker import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Broker,
+    Consumer,
+    Delivery,
+    DeliveryHandler,
+    QueueInfo,
+)
 from ..dead_letters import DeadLetter, dead_letter_filter, replay_message
 from ..errors import UnroutableError
 from ..message import Message
@@ -53,10 +60,16 @@ class InMemoryBroker(Broker):
 
     Args:
         middleware: The middleware stack (default: the same as RabbitmqBroker's).
+        max_message_size: Largest message body in bytes, at send and at receive.
     """
 
-    def __init__(self, *, middleware: Iterable[Middleware] | None = None) -> None:
-        super().__init__(middleware=middleware)
+    def __init__(
+        self,
+        *,
+        middleware: Iterable[Middleware] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        super().__init__(middleware=middleware, max_message_size=max_message_size)
         self._queues: dict[str, _Queue] = {}
         self._delayed: list[tuple[float, int, str, _Envelope]] = []  # heap by due time
         self._sequence = itertools.count()
@@ -109,7 +122,7 @@ class InMemoryBroker(Broker):
     # -- publishing -----------------------------------------------------------------------
 
     async def _publish_message(self, message: Message, delay: float | None) -> None:
-        envelope = _Envelope(message.encode(), message.message_id)
+        envelope = _Envelope(self._encode(message), message.message_id)
         await self.declare_queue(message.queue_name)
         if delay:
             due = time.monotonic() + delay

@@ -19,7 +19,14 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from .._url import describe_url, redact_url
-from ..broker import Broker, Consumer, Delivery, DeliveryHandler, QueueInfo
+from ..broker import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Broker,
+    Consumer,
+    Delivery,
+    DeliveryHandler,
+    QueueInfo,
+)
 from ..dead_letters import DeadLetter, dead_letter_filter, replay_message
 from ..errors import BrokerConnectionError, NackedError, UnroutableError
 from ..message import Message
@@ -80,6 +87,9 @@ class RabbitmqBroker(Broker):
         reconnect_interval: Seconds between reconnection attempts after the
             connection was lost.
         middleware: The middleware stack (default: :func:`aqueue.middleware.default_middleware`).
+        max_message_size: Largest message body in bytes (default 1 MiB): a larger
+            ``send()`` raises :class:`~aqueue.ValidationError`, a larger delivery is
+            dead-lettered.
     """
 
     def __init__(
@@ -87,12 +97,13 @@ class RabbitmqBroker(Broker):
         url: str | None = None,
         *,
         middleware: Iterable[Middleware] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         connect_attempts: int = 5,
         connect_retry_delay: float = 0.5,
         publish_timeout: float = 30.0,
         reconnect_interval: float = 1.0,
     ) -> None:
-        super().__init__(middleware=middleware)
+        super().__init__(middleware=middleware, max_message_size=max_message_size)
         self.url = url or os.environ.get(URL_ENVIRONMENT_VARIABLE) or DEFAULT_URL
         describe_url(self.url)  # validates, with an error that never shows the password
         if connect_attempts < 1:
@@ -282,7 +293,7 @@ class RabbitmqBroker(Broker):
     # -- publishing -----------------------------------------------------------------------
 
     async def _publish_message(self, message: Message, delay: float | None) -> None:
-        body = message.encode()
+        body = self._encode(message)
         queue_name = message.queue_name
         await self.declare_queue(queue_name)
         delay_ms = 0 if delay is None else math.ceil(delay * 1000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .age_limit import AgeLimit
 from .base import Middleware, SkipMessage
 from .callbacks import Callbacks
+from .redeliveries import Redeliveries
 from .retries import Retries
 from .time_limit import TimeLimit
 
@@ -12,6 +13,7 @@ __all__ = [
     "AgeLimit",
     "Callbacks",
     "Middleware",
+    "Redeliveries",
     "Retries",
     "SkipMessage",
     "TimeLimit",
@@ -20,9 +22,10 @@ __all__ = [
 
 
 def default_middleware() -> list[Middleware]:
-    """A new default stack: AgeLimit, TimeLimit, Retries, Callbacks (in this order).
+    """A new default stack: Redeliveries, AgeLimit, TimeLimit, Retries, Callbacks.
 
-    Retries comes before Callbacks so that ``on_failure`` is sent only after the
-    last retry.
+    Redeliveries comes first so that a message that keeps killing its worker is
+    stopped before anything else; Retries comes before Callbacks so that
+    ``on_failure`` is sent only after the last retry.
     """
-    return [AgeLimit(), TimeLimit(), Retries(), Callbacks()]
+    return [Redeliveries(), AgeLimit(), TimeLimit(), Retries(), Callbacks()]

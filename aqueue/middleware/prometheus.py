@@ -1,0 +1,279 @@
+"""Prometheus metrics of workers and senders (needs the ``metrics`` extra: prometheus-client).
+
+Import it only when you use it::
+
+    from aqueue.middleware.prometheus import Prometheus
+
+    broker.add_middleware(Prometheus())
+
+``aqueue worker --metrics-port 9191`` does this for you and serves the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from ..context import MessageContext
+from .base import Middleware, SkipMessage
+
+if TYPE_CHECKING:
+    from ..broker import Broker
+    from ..message import Message
+    from ..worker import Worker
+
+__all__ = ["DURATION_BUCKETS", "LATENCY_BUCKETS", "Prometheus"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds; processing time of one message.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+#: Seconds; from when a message was sent to when a worker started it.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    21600.0,
+    86400.0,
+)
+
+_LABELS = ("queue", "actor")
+
+
+class _Started:
+    """What the middleware remembers of a message between its hooks."""
+
+    __slots__ = ("callback", "done", "key", "labels", "started", "task")
+
+    def __init__(self, key: int, labels: tuple[str, str]) -> None:
+        self.key = key
+        self.labels = labels
+        self.started = time.perf_counter()
+        self.done = False
+        self.task: asyncio.Task[Any] | None = None
+        self.callback: Callable[[asyncio.Task[Any]], None] | None = None
+
+
+class Prometheus(Middleware):
+    """Count and time messages with prometheus-client.
+
+    Add it last (``broker.add_middleware(Prometheus())``) so that it sees what the
+    retry middleware decided. All metrics are named ``<namespace>_...`` (default
+    ``aqueue_``) and labelled by ``queue`` and ``actor``:
+
+    * ``messages_received_total``: messages of a known actor that reached a worker.
+    * ``messages_succeeded_total``, ``messages_failed_total``: actor runs that returned /
+      raised (every failed run counts, retried or not).
+    * ``messages_retried_total``: failed runs for which a retry was scheduled.
+    * ``messages_dead_lettered_total``: messages that failed for good or were skipped
+      into the dead-letter queue.
+    * ``messages_skipped_total``: messages a middleware skipped (``SkipMessage``).
+    * ``messages_in_progress``: gauge of messages being processed.
+    * ``message_duration_seconds``: histogram of processing time.
+    * ``message_queue_latency_seconds``: histogram of the time from ``send()`` to the start
+      of processing, for first attempts (a delay counts as waiting time).
+    * ``messages_delayed_total``: messages published with a delay (retries included).
+    * ``broker_reconnects_total`` (no labels): reconnections of the worker's connection.
+
+    Args:
+        registry: Where to register the metrics (default: prometheus-client's global
+            ``REGISTRY``). In multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set) the
+            values go to that directory whatever the registry.
+        namespace: Prefix of the metric names.
+        duration_buckets: Histogram buckets of ``message_duration_seconds``.
+        latency_buckets: Histogram buckets of ``message_queue_latency_seconds``.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = REGISTRY,
+        namespace: str = "aqueue",
+        duration_buckets: Sequence[float] = DURATION_BUCKETS,
+        latency_buckets: Sequence[float] = LATENCY_BUCKETS,
+    ) -> None:
+        def counter(name: str, doc: str, labels: Sequence[str] = _LABELS) -> Counter:
+            return Counter(name, doc, labels, namespace=namespace, registry=registry)
+
+        self.received = counter("messages_received", "Messages that reached a worker.")
+        self.succeeded = counter("messages_succeeded", "Actor runs that returned.")
+        self.failed = counter("messages_failed", "Actor runs that raised (retried or not).")
+        self.retried = counter("messages_retried", "Failed runs for which a retry was scheduled.")
+        self.dead_lettered = counter(
+            "messages_dead_lettered", "Messages moved to the dead-letter queue."
+        )
+        self.skipped = counter("messages_skipped", "Messages a middleware skipped.")
+        self.delayed = counter("messages_delayed", "Messages published with a delay.")
+        self.reconnects = counter(
+            "broker_reconnects", "Reconnections of the worker's broker connection.", ()
+        )
+        self.in_progress = Gauge(
+            "messages_in_progress",
+            "Messages being processed.",
+            _LABELS,
+            namespace=namespace,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.duration = Histogram(
+            "message_duration_seconds",
+            "Processing time of a message, middleware included.",
+            _LABELS,
+            namespace=namespace,
+            registry=registry,
+            buckets=duration_buckets,
+        )
+        self.queue_latency = Histogram(
+            "message_queue_latency_seconds",
+            "Time from send() to the start of processing (first attempts).",
+            _LABELS,
+            namespace=namespace,
+            registry=registry,
+            buckets=latency_buckets,
+        )
+        self._started: dict[int, _Started] = {}
+        self._reconnect_connections: list[Any] = []
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def after_enqueue(self, broker: Broker, message: Message, delay: float | None) -> None:
+        if delay:
+            self.delayed.labels(message.queue_name, message.actor_name).inc()
+
+    # -- processing -------------------------------------------------------------------------
+
+    async def before_process_message(self, context: MessageContext) -> None:
+        message = context.message
+        labels = (message.queue_name, message.actor_name)
+        self.received.labels(*labels).inc()
+        if not message.options.get("retries"):
+            latency = time.time() - message.message_timestamp / 1000
+            self.queue_latency.labels(*labels).observe(max(0.0, latency))
+        started = _Started(id(context), labels)
+        self._started[started.key] = started
+        self.in_progress.labels(*labels).inc()
+        # Processing that ends without the after-hooks (the worker cancels it at shutdown,
+        # or an earlier middleware's hook raised) must not leave the gauge up: each
+        # delivery runs in a task of its own, whose end settles it too.
+        task = asyncio.current_task()
+        if task is not None:
+            started.task = task
+            started.callback = lambda _task: self._settle(started)
+            task.add_done_callback(started.callback)
+
+    async def after_process_message(self, context: MessageContext) -> None:
+        started = self._finish(id(context))
+        labels = (
+            started.labels
+            if started is not None
+            else (context.message.queue_name, context.message.actor_name)
+        )
+        if started is not None:
+            self.duration.labels(*labels).observe(time.perf_counter() - started.started)
+        if context.exception is None:
+            self.succeeded.labels(*labels).inc()
+            return
+        self.failed.labels(*labels).inc()
+        if context.retry_scheduled:
+            self.retried.labels(*labels).inc()
+        else:
+            self.dead_lettered.labels(*labels).inc()
+
+    async def after_skip_message(self, context: MessageContext) -> None:
+        labels = (context.message.queue_name, context.message.actor_name)
+        if self._finish(id(context)) is None:
+            # Skipped by a middleware before this one: not counted as received yet.
+            self.received.labels(*labels).inc()
+        self.skipped.labels(*labels).inc()
+        # The worker calls this hook while it handles the SkipMessage.
+        skip = sys.exc_info()[1]
+        if not isinstance(skip, SkipMessage) or skip.dead_letter:
+            self.dead_lettered.labels(*labels).inc()
+
+    def _finish(self, key: int) -> _Started | None:
+        started = self._started.get(key)
+        if started is None or started.done:
+            return None
+        self._settle(started)
+        if started.task is not None and started.callback is not None:
+            started.task.remove_done_callback(started.callback)
+        started.task = started.callback = None
+        return started
+
+    def _settle(self, started: _Started) -> None:
+        if started.done:
+            return
+        started.done = True
+        if self._started.get(started.key) is started:
+            del self._started[started.key]
+        self.in_progress.labels(*started.labels).dec()
+
+    # -- worker life ------------------------------------------------------------------------
+
+    async def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        # Every series from zero, so that rate() and increase() see the first message.
+        queues = None if worker.queues is None else set(worker.queues)
+        for actor in list(broker.actors.values()):
+            if queues is not None and actor.queue_name not in queues:
+                continue
+            labels = (actor.queue_name, actor.actor_name)
+            for counter in (
+                self.received,
+                self.succeeded,
+                self.failed,
+                self.retried,
+                self.dead_lettered,
+                self.skipped,
+                self.delayed,
+            ):
+                counter.labels(*labels)
+            self.in_progress.labels(*labels)
+        connection = getattr(broker, "connection", None)
+        callbacks = getattr(connection, "reconnect_callbacks", None)
+        if callbacks is not None:
+            callbacks.add(self._on_reconnect)
+            self._reconnect_connections.append(connection)
+
+    async def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        connections, self._reconnect_connections = self._reconnect_connections, []
+        for connection in connections:
+            connection.reconnect_callbacks.discard(self._on_reconnect)
+
+    def _on_reconnect(self, *_: Any) -> None:
+        self.reconnects.inc()
