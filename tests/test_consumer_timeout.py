@@ -31,10 +31,11 @@ def _set_consumer_timeout(value: str) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_consumer_timeout_closes_only_the_slow_actors_channel(
-    broker: aqueue.RabbitmqBroker,
+    rabbitmq_broker: aqueue.RabbitmqBroker,
     make_queue_name: object,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    broker = rabbitmq_broker
     slow_queue = make_queue_name()  # type: ignore[operator]
     busy_queue = make_queue_name()  # type: ignore[operator]
     runs: list[bool] = []
