@@ -112,7 +112,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 )
 @click.option(
     "--metrics-port",
-    type=click.IntRange(min=0, max=65535),
+    type=click.IntRange(min=1, max=65535),
     default=None,
     help="Serve Prometheus metrics on this port (needs the 'metrics' extra).",
 )

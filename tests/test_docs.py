@@ -15,13 +15,16 @@ import json
 import os
 import re
 import runpy
+import shlex
 import signal
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any, TypeVar
 
 import aio_pika
 import click
@@ -33,6 +36,7 @@ import aqueue.cli
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"
+T = TypeVar("T")
 RABBITMQ_URL = os.environ.get("AQUEUE_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 #: The queue names the examples use; every test gets unique ones in their place.
@@ -46,7 +50,11 @@ EXAMPLE_QUEUES = (
     "reminders",
     "exports",
     "thumbnails",
+    "signups",
 )
+
+#: Files outside docs/examples/ that pages include, and the test module that runs each.
+TESTED_ELSEWHERE = {"examples/fastapi_app/app.py": "tests/test_fastapi.py"}
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.py"))
 
@@ -123,6 +131,20 @@ async def examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
             for queue_name in copies.queues.values():
                 await channel.queue_delete(queue_name)
                 await channel.queue_delete(queue_name + ".XQ")
+
+
+async def exists(queue_name: str) -> bool:
+    """Whether RabbitMQ has a queue of that name."""
+    try:
+        await count(queue_name)
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        return False
+    return True
+
+
+def await_(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` from a synchronous test."""
+    return asyncio.run(coroutine)
 
 
 async def count(queue_name: str) -> int:
@@ -202,10 +224,16 @@ def test_every_python_block_is_an_included_example_file() -> None:
         for language, body in fenced_blocks(page.read_text()):
             if language not in ("python", "py", "python3"):
                 continue
-            match = re.fullmatch(r'--8<-- "(docs/examples/\w+\.py)"', body.strip())
+            match = re.fullmatch(r'--8<-- "([\w/]+\.py)"', body.strip())
             assert match, f"{page.name}: a Python block that is not an example file:\n{body}"
-            assert (ROOT / match.group(1)).is_file(), match.group(1)
-            included.add(Path(match.group(1)).name)
+            path = match.group(1)
+            assert (ROOT / path).is_file(), path
+            if path.startswith("docs/examples/"):
+                included.add(Path(path).name)
+            else:  # a file of the repository, imported by a test of its own
+                assert path in TESTED_ELSEWHERE, f"{page.name}: {path} is run by no test"
+                module = path.removesuffix(".py").replace("/", ".")
+                assert module in (ROOT / TESTED_ELSEWHERE[path]).read_text(), path
     assert included == {path.name for path in EXAMPLE_FILES}, "examples not shown anywhere"
 
 
@@ -226,11 +254,30 @@ def test_mkdocs_build_is_strict_clean(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "WARNING" not in result.stderr, result.stderr
     api = (tmp_path / "api" / "index.html").read_text()
-    for name in ["aqueue.actor.actor", "aqueue.Actor", "aqueue.RabbitmqBroker", "aqueue.Worker"]:
+    for name in [
+        "aqueue.actor.actor",
+        "aqueue.Actor",
+        "aqueue.RabbitmqBroker",
+        "aqueue.InMemoryBroker",
+        "aqueue.InMemoryBroker.fast_forward",
+        "aqueue.Worker",
+        "aqueue.asgi.lifespan",
+        "aqueue.MessageContext",
+        "aqueue.Middleware",
+        "aqueue.SkipMessage",
+        "aqueue.DeadLetter",
+        "aqueue.broker.QueueInfo",
+        "aqueue.TimeLimitExceeded",
+        "aqueue.current_message",
+        "aqueue.middleware.Retries",
+    ]:
         assert f'id="{name}"' in api, name
-    assert ":class:`" not in api and ":func:`" not in api
+    assert ":class:`" not in api and ":func:`" not in api and ":meth:`" not in api
     started = (tmp_path / "getting-started" / "index.html").read_text()
     assert "send_welcome_email" in started  # the snippets were included
+    assert "aqueue.asgi.lifespan" in started  # ...from the repository's examples/ too
+    for page in ["middleware", "testing", "deployment", "coming-from"]:
+        assert (tmp_path / page / "index.html").is_file(), page
     assert 'class="mermaid"' in (tmp_path / "internals" / "index.html").read_text()
     assert not (tmp_path / "examples").exists()
 
@@ -261,7 +308,11 @@ def test_dead_letter_reasons_are_the_documented_ones() -> None:
 
     page = (DOCS / "workers.md").read_text()
     documented = set(re.findall(r"^\| `([a-z-]+)` \|", page, re.MULTILINE))
+    from aqueue.middleware import redeliveries
+
     reasons = {
+        _failures.TOO_LARGE,
+        redeliveries.REDELIVERY_LIMIT,
         _failures.FAILED,
         _failures.INVALID_ARGUMENTS,
         _failures.UNKNOWN_ACTOR,
@@ -276,17 +327,28 @@ def test_dead_letter_reasons_are_the_documented_ones() -> None:
 
 
 def test_default_middleware_is_the_documented_one() -> None:
-    from aqueue.middleware import AgeLimit, Callbacks, Retries, TimeLimit, default_middleware
+    from aqueue.middleware import (
+        AgeLimit,
+        Callbacks,
+        Redeliveries,
+        Retries,
+        TimeLimit,
+        default_middleware,
+    )
 
     stack = default_middleware()
-    assert [type(m) for m in stack] == [AgeLimit, TimeLimit, Retries, Callbacks]
-    retries, time_limit, age_limit = stack[2], stack[1], stack[0]
+    assert [type(m) for m in stack] == [Redeliveries, AgeLimit, TimeLimit, Retries, Callbacks]
+    redeliveries, age_limit, time_limit, retries = stack[:4]
     assert isinstance(retries, Retries) and isinstance(time_limit, TimeLimit)
-    assert isinstance(age_limit, AgeLimit)
+    assert isinstance(age_limit, AgeLimit) and isinstance(redeliveries, Redeliveries)
     assert (retries.max_retries, retries.min_backoff, retries.max_backoff) == (20, 15.0, 3600.0)
     assert (time_limit.time_limit, age_limit.max_age) == (600.0, None)
+    assert redeliveries.max_redeliveries == 5
+    table = [line for line in (DOCS / "middleware.md").read_text().splitlines() if "| `" in line]
+    documented = [re.match(r"\| `(\w+)` \|", line) for line in table]
+    assert [m.group(1) for m in documented if m] == [type(m).__name__ for m in stack]
     options = set().union(*(m.actor_options for m in stack))
-    page = (DOCS / "retries.md").read_text()
+    page = (DOCS / "middleware.md").read_text()
     for option in options:
         assert f"`{option}`" in page, option
 
@@ -343,24 +405,6 @@ async def test_drain_runs_a_worker_until_the_queue_is_empty(
     assert "welcome email sent to ada@example.com (user 42)" in capsys.readouterr().out
     assert await count(examples.q("emails")) == 0
     assert await count(examples.q("emails") + ".XQ") == 0
-
-
-async def test_fastapi_app_sends_from_a_request(examples: Examples) -> None:
-    pytest.importorskip("fastapi")
-    httpx = pytest.importorskip("httpx")
-    app_module = examples.load("fastapi_app")
-    app = app_module.app
-    tasks = examples.load("tasks")
-
-    async with app.router.lifespan_context(app):
-        assert tasks.broker.connection is not None  # connected at startup
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            response = await client.post("/users/42/welcome", params={"address": "ada@example.com"})
-    assert response.status_code == 202, response.text
-    assert set(response.json()) == {"message_id"}
-    assert tasks.broker.connection is None  # closed at shutdown
-    assert await count(examples.q("emails")) == 1
 
 
 # -- actors.md --------------------------------------------------------------------------------
@@ -468,7 +512,7 @@ async def test_dead_letters_are_shown_and_requeued(
     dead = examples.load("dead_letters")
     await dead.main()
     printed = capsys.readouterr().out.strip()
-    page = (DOCS / "retries.md").read_text()
+    page = (DOCS / "middleware.md").read_text()
     shown = next(body for lang, body in fenced_blocks(page) if body.startswith("failed |"))
     assert printed == shown.strip()
     payments = examples.q("payments")
@@ -479,11 +523,12 @@ async def test_dead_letters_are_shown_and_requeued(
     async with dead.broker, aqueue.Worker(dead.broker, queues=[payments]):
         await dead.broker.join(payments, timeout=30)
         (letter,) = await dead.broker.dead_letters(payments)
-    assert set(letter.headers) == documented_headers()
+    # Every documented header but the redelivery count, which only redelivered messages get.
+    assert set(letter.headers) == documented_headers() - {"x-aqueue-redeliveries"}
     assert (letter.reason, letter.retries, letter.exception) == ("failed", 0, "CardDeclined")
 
 
-# -- retries.md -------------------------------------------------------------------------------
+# -- middleware.md ----------------------------------------------------------------------------
 
 
 def shown_output(page: str, first_line: str) -> list[str]:
@@ -500,7 +545,7 @@ async def test_retries_until_success(
     retries = examples.load("retries")
     await retries.main()
     printed = capsys.readouterr().out.splitlines()
-    assert sorted(printed) == sorted(shown_output("retries.md", "attempt 1"))
+    assert sorted(printed) == sorted(shown_output("middleware.md", "attempt 1"))
     assert await count(examples.q("webhooks")) == 0
     assert await count(examples.q("webhooks") + ".XQ") == 1  # the max_retries=0 one
 
@@ -523,7 +568,7 @@ async def test_callbacks_after_success_and_failure(
     callbacks = examples.load("callbacks")
     await callbacks.main()
     printed = capsys.readouterr().out.splitlines()
-    assert sorted(printed) == sorted(shown_output("retries.md", "export of report"))
+    assert sorted(printed) == sorted(shown_output("middleware.md", "export of report"))
     assert await count(examples.q("exports") + ".XQ") == 1  # the failed export itself
 
 
@@ -533,3 +578,143 @@ async def test_custom_middleware_stack(
     middleware = examples.load("middleware")
     await middleware.main()
     assert re.fullmatch(r"make_thumbnail: done in 0\.\d s\n", capsys.readouterr().out)
+
+
+# -- workers.md: a module that cannot be imported -----------------------------------------------
+
+
+def test_a_broken_module_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "tasks.py").write_text(
+        "import aqueue\n\n\n"
+        '@aqueue.actor(queue_name="emails", concurrency=0)\n'
+        "async def send_welcome_email(user_id: int, address: str) -> None: ...\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "aqueue", "worker", "tasks"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "AQUEUE_BROKER_URL": RABBITMQ_URL},
+    )
+    assert result.returncode == aqueue.cli.EXIT_USAGE_ERROR == 2
+    (shown,) = shown_output("workers.md", "aqueue: error: importing")
+    assert result.stderr.strip() == shown
+
+
+# -- testing.md -------------------------------------------------------------------------------
+
+
+async def test_in_memory_broker_skips_delays_and_backoffs(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_memory = examples.load("in_memory")
+    started = time.monotonic()
+    await asyncio.wait_for(in_memory.main(), 10)
+    assert time.monotonic() - started < 5  # a day's delay and two hour-long backoffs
+    assert capsys.readouterr().out.splitlines() == shown_output("testing.md", "delayed: 1")
+
+
+def pytest_commands() -> list[tuple[dict[str, str], list[str]]]:
+    """(environment, arguments) of each ``$ pytest ...`` line of testing.md."""
+    page = (DOCS / "testing.md").read_text()
+    commands = []
+    for language, body in fenced_blocks(page):
+        if language != "console" or "pytest" not in body:
+            continue
+        for line in body.splitlines():
+            words = shlex.split(line.removeprefix("$ ").partition("#")[0])
+            env = dict(w.split("=", 1) for w in words[: words.index("pytest")])
+            commands.append((env, words[words.index("pytest") + 1 :]))
+    return commands
+
+
+@pytest.mark.parametrize(
+    ("env", "args"), pytest_commands(), ids=lambda value: " ".join(value) or "default"
+)
+def test_the_example_tests_pass_as_testing_md_runs_them(
+    examples: Examples, env: dict[str, str], args: list[str]
+) -> None:
+    page = (DOCS / "testing.md").read_text()
+    config = next(body for language, body in fenced_blocks(page) if language == "toml")
+    (examples.directory / "pyproject.toml").write_text(config)
+    environment = {**examples.env(), **env}
+    if not env:
+        environment.pop("AQUEUE_TEST_BROKER", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=examples.directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tests = re.findall(r"^async def test_", (EXAMPLES / "test_signups.py").read_text(), re.M)
+    assert f"{len(tests)} passed" in result.stdout, result.stdout
+    # Only the RabbitMQ runs declared the example's queue on the server.
+    on_rabbitmq = "rabbitmq" in " ".join([*args, *env.values()])
+    assert await_(exists(examples.q("signups"))) == on_rabbitmq
+
+
+# -- deployment.md and coming-from.md ---------------------------------------------------------
+
+
+def table_rows(page: str) -> list[list[str]]:
+    """The cells of every table row of ``page``."""
+    text = (DOCS / page).read_text()
+    return [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith("|--")
+    ]
+
+
+def test_deployment_settings_have_the_cli_defaults() -> None:
+    params = {
+        opt: param
+        for param in aqueue.cli.worker.params
+        if isinstance(param, click.Option)
+        for opt in param.opts
+    }
+    rows = [r for r in table_rows("deployment.md") if r[0].startswith("`--")]
+    assert len(rows) == 3
+    for row in rows:
+        option = re.match(r"`(--[a-z-]+)`", row[0])
+        assert option is not None, row
+        assert row[1] == f"`{params[option.group(1)].default}`", row
+
+
+def test_deployment_numbers_are_the_code_defaults() -> None:
+    from aqueue.middleware import TimeLimit
+
+    page = (DOCS / "deployment.md").read_text()
+    assert f"`time_limit` of {TimeLimit().time_limit:.0f} s" in page
+    worker = aqueue.Worker(aqueue.InMemoryBroker())
+    assert f"`--shutdown-timeout` seconds ({worker.shutdown_timeout:.0f} by default)" in page
+    broker = aqueue.RabbitmqBroker()
+    assert "every second (`reconnect_interval`)" in page and broker.reconnect_interval == 1.0
+    assert f"`publish_timeout` ({broker.publish_timeout:.0f} s)" in page
+    for url in re.findall(r"amqps?://[^'\s`]+", page):
+        aqueue.RabbitmqBroker(url)  # a valid URL, e.g. with ?heartbeat=
+
+
+def test_coming_from_shows_aqueues_defaults() -> None:
+    from aqueue.middleware import Retries, TimeLimit
+
+    rows = {row[0]: row[-1] for row in table_rows("coming-from.md")}
+    retries, time_limit = Retries(), TimeLimit()
+    assert retries.max_backoff == 3600
+    assert rows["Retries"].startswith(
+        f"`max_retries` ({retries.max_retries}), `min_backoff` ({retries.min_backoff:g} s), "
+        "`max_backoff` (1 hour)"
+    )
+    assert rows["Time limit"].startswith(f"`time_limit` ({time_limit.time_limit:g} s)")
+    worker = aqueue.Worker(aqueue.InMemoryBroker())
+    assert rows["Stop timeout"] == f"`--shutdown-timeout` (s, {worker.shutdown_timeout:g} s)"
+    assert rows["Default processes and threads"] == (
+        f"1 process, {worker.threads} threads, {worker.concurrency} async messages per actor"
+    )
+    assert rows["Message format"] == "JSON with Dramatiq's field names"
+    dramatiq = next(r for r in table_rows("coming-from.md") if r[0] == "Message format")[1]
+    assert re.findall(r"`(\w+)`", dramatiq) == list(aqueue.Message.__struct_fields__)
