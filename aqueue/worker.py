@@ -282,7 +282,10 @@ class Worker:
             for m in self._before_process:
                 await m.before_process_message(context)
         except SkipMessage as skip:
-            await self._skip(plan, delivery, context, skip)
+            try:
+                await self._skip(plan, delivery, context, skip)
+            except Exception as exc:
+                await self._requeue_after_middleware_error(delivery, message, exc)
             return
         except Exception as exc:
             await self._requeue_after_middleware_error(delivery, message, exc)

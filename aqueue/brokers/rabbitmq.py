@@ -28,7 +28,7 @@ from ..broker import (
     QueueInfo,
 )
 from ..dead_letters import DeadLetter, dead_letter_filter, replay_message
-from ..errors import BrokerConnectionError, NackedError, UnroutableError
+from ..errors import BrokerConnectionError, BrokerError, NackedError, UnroutableError
 from ..message import Message
 from ..middleware import Middleware
 from ..topology import (
@@ -223,7 +223,24 @@ class RabbitmqBroker(Broker):
             done.add_done_callback(forget_failure)
         elif done.done() and not done.cancelled() and done.exception() is None:
             return
-        await asyncio.shield(done)
+        try:
+            # Bounded like a publish: while the connection is down this waits for it.
+            await asyncio.wait_for(asyncio.shield(done), self.publish_timeout)
+        except asyncio.TimeoutError:
+            raise BrokerConnectionError(
+                f"RabbitMQ at {describe_url(self.url)} did not answer within "
+                f"{self.publish_timeout} s while declaring {key!r}"
+            ) from None
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise BrokerError(
+                f"RabbitMQ refused to declare {key!r} as aqueue does (it exists with other "
+                f"arguments, e.g. another queue type): {exc}"
+            ) from None
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerConnectionError(
+                f"lost RabbitMQ at {describe_url(self.url)} while declaring {key!r}: "
+                f"{_describe_error(exc)}"
+            ) from None
 
     async def declare_queue(self, queue_name: str) -> None:
         """Declare ``queue_name``, its dead-letter queue and its delay binding (idempotent)."""
@@ -346,7 +363,10 @@ class RabbitmqBroker(Broker):
             assert channel is not None
             remaining = deadline - time.monotonic()
             try:
-                if waiting:  # only a retry pays for a timed wait on the channel
+                connection = self._connection
+                if waiting or connection is None or not connection.connected.is_set():
+                    # Only while reconnecting does getting the channel need a time limit.
+                    waiting = True
                     underlay = await asyncio.wait_for(channel.get_underlay_channel(), remaining)
                 else:
                     underlay = await channel.get_underlay_channel()
