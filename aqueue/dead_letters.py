@@ -40,8 +40,19 @@ class DeadLetter:
 
     @property
     def reason(self) -> str | None:
-        """Why it was dead-lettered: ``failed``, ``undecodable``, ``unknown-actor``, ..."""
-        return self._header("x-aqueue-reason")
+        """Why it was dead-lettered: ``failed``, ``undecodable``, ``unknown-actor``, ...
+
+        For a message RabbitMQ dead-lettered itself (a quorum queue's delivery limit, a
+        rejection), the reason RabbitMQ gave, e.g. ``delivery_limit``.
+        """
+        reason = self._header("x-aqueue-reason")
+        if reason is None:
+            deaths = self.headers.get("x-death")
+            if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+                value = deaths[0].get("reason")
+                if isinstance(value, (bytes, str)):
+                    reason = value.decode() if isinstance(value, bytes) else value
+        return reason
 
     @property
     def actor_name(self) -> str | None:

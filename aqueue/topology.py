@@ -11,13 +11,16 @@ For a queue ``q``:
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ActorDefinitionError
 
 __all__ = [
     "DEAD_LETTER_SUFFIX",
     "MAX_NAME_BYTES",
+    "QUEUE_TYPES",
+    "QueueType",
+    "dead_letter_queue_arguments",
     "dead_letter_queue_name",
     "queue_arguments",
     "validate_actor_name",
@@ -75,12 +78,36 @@ def dead_letter_queue_name(queue_name: str) -> str:
     return queue_name + DEAD_LETTER_SUFFIX
 
 
-def queue_arguments(queue_name: str) -> dict[str, Any]:
-    """Declaration arguments of a work queue: broker-side dead-lettering to ``q.XQ``."""
-    return {
+QueueType = Literal["classic", "quorum"]
+QUEUE_TYPES: tuple[QueueType, ...] = ("classic", "quorum")
+
+# Quorum queues dead-letter with publisher confirms inside RabbitMQ (at-least-once),
+# which needs overflow=reject-publish; classic queues dead-letter at most once.
+_AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
+
+def queue_arguments(
+    queue_name: str, queue_type: QueueType = "classic", *, delivery_limit: int | None = None
+) -> dict[str, Any]:
+    """Declaration arguments of a work queue: broker-side dead-lettering to ``q.XQ``.
+
+    A quorum queue also gets at-least-once dead-lettering and, if given, a delivery
+    limit (RabbitMQ dead-letters a message delivered more often than that).
+    """
+    arguments: dict[str, Any] = {
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": dead_letter_queue_name(queue_name),
     }
+    if queue_type == "quorum":
+        arguments.update({"x-queue-type": "quorum", **_AT_LEAST_ONCE})
+        if delivery_limit is not None:
+            arguments["x-delivery-limit"] = delivery_limit
+    return arguments
+
+
+def dead_letter_queue_arguments(queue_type: QueueType = "classic") -> dict[str, Any]:
+    """Declaration arguments of a dead-letter queue (the same type as its work queue)."""
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
 
 
 # -- delays ---------------------------------------------------------------------------------
@@ -96,20 +123,27 @@ def queue_arguments(queue_name: str) -> dict[str, Any]:
 
 DELAY_LEVELS = 36
 DELAY_PREFIX = "aqueue.delay"
+#: Quorum work queues get their own delay levels, quorum queues with at-least-once
+#: dead-lettering (a queue's type cannot change, so the two trees have their own names).
+QUORUM_DELAY_PREFIX = "aqueue.qdelay"
 DELIVERY_EXCHANGE = "aqueue.delay.deliver"
 MAX_DELAY_MS = 2**DELAY_LEVELS - 1
 MAX_DELAY_SECONDS = MAX_DELAY_MS / 1000
 
 
-def delay_level_name(level: int) -> str:
+def delay_level_name(level: int, queue_type: QueueType = "classic") -> str:
     """The exchange and queue of delay level ``level`` (TTL 2**level ms)."""
-    return f"{DELAY_PREFIX}.{level:02d}"
+    prefix = QUORUM_DELAY_PREFIX if queue_type == "quorum" else DELAY_PREFIX
+    return f"{prefix}.{level:02d}"
 
 
-def delay_level_arguments(level: int) -> dict[str, Any]:
+def delay_level_arguments(level: int, queue_type: QueueType = "classic") -> dict[str, Any]:
     """Declaration arguments of the level queue: fixed TTL, then on to the next level down."""
-    lower = delay_level_name(level - 1) if level > 0 else DELIVERY_EXCHANGE
-    return {"x-message-ttl": 2**level, "x-dead-letter-exchange": lower}
+    lower = delay_level_name(level - 1, queue_type) if level > 0 else DELIVERY_EXCHANGE
+    arguments: dict[str, Any] = {"x-message-ttl": 2**level, "x-dead-letter-exchange": lower}
+    if queue_type == "quorum":
+        arguments.update({"x-queue-type": "quorum", **_AT_LEAST_ONCE})
+    return arguments
 
 
 def delay_level_bindings(level: int) -> tuple[str, str]:
@@ -124,10 +158,12 @@ def delivery_binding_key(queue_name: str) -> str:
     return "*." * DELAY_LEVELS + queue_name
 
 
-def delay_route(queue_name: str, delay_ms: int) -> tuple[str, str]:
+def delay_route(
+    queue_name: str, delay_ms: int, queue_type: QueueType = "classic"
+) -> tuple[str, str]:
     """Exchange and routing key that deliver to ``queue_name`` after ``delay_ms`` ms (> 0)."""
     if not 0 < delay_ms <= MAX_DELAY_MS:
         raise ValueError(f"delay must be between 1 and {MAX_DELAY_MS} ms, not {delay_ms}")
     bits = format(delay_ms, f"0{DELAY_LEVELS}b")
-    exchange = delay_level_name(delay_ms.bit_length() - 1)
+    exchange = delay_level_name(delay_ms.bit_length() - 1, queue_type)
     return exchange, ".".join(bits) + "." + queue_name

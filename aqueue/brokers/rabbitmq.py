@@ -9,7 +9,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import aio_pika
@@ -34,6 +34,9 @@ from ..middleware import Middleware
 from ..topology import (
     DELAY_LEVELS,
     DELIVERY_EXCHANGE,
+    QUEUE_TYPES,
+    QueueType,
+    dead_letter_queue_arguments,
     dead_letter_queue_name,
     delay_level_arguments,
     delay_level_bindings,
@@ -64,7 +67,7 @@ _CONNECTION_ERRORS_OR_TIMEOUT: tuple[type[Exception], ...] = (
 )
 
 
-_DELAYS = "aqueue.delay"  # a key of RabbitmqBroker._declared; no queue can have this name
+_DELAYS = "aqueue.delay."  # key prefix in RabbitMQBroker._declared; no queue has such a name
 
 
 class RabbitmqBroker(Broker):
@@ -87,6 +90,12 @@ class RabbitmqBroker(Broker):
         reconnect_interval: Seconds between reconnection attempts after the
             connection was lost.
         middleware: The middleware stack (default: :func:`aqueue.middleware.default_middleware`).
+        queue_type: ``"classic"`` (default) or ``"quorum"``: the type of the queues this
+            broker declares. Quorum queues are replicated, dead-letter at least once
+            (delays and dead letters included) and count deliveries.
+        queue_types: Per-queue overrides of ``queue_type``, e.g. ``{"payments": "quorum"}``.
+        delivery_limit: For quorum queues, RabbitMQ dead-letters a message delivered more
+            often than this (default 20); a backstop to ``max_redeliveries``.
         max_message_size: Largest message body in bytes (default 1 MiB): a larger
             ``send()`` raises :class:`~aqueue.ValidationError`, a larger delivery is
             dead-lettered.
@@ -97,6 +106,9 @@ class RabbitmqBroker(Broker):
         url: str | None = None,
         *,
         middleware: Iterable[Middleware] | None = None,
+        queue_type: QueueType = "classic",
+        queue_types: Mapping[str, QueueType] | None = None,
+        delivery_limit: int | None = 20,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         connect_attempts: int = 5,
         connect_retry_delay: float = 0.5,
@@ -108,6 +120,12 @@ class RabbitmqBroker(Broker):
         describe_url(self.url)  # validates, with an error that never shows the password
         if connect_attempts < 1:
             raise ValueError("connect_attempts must be at least 1")
+        self.queue_types: dict[str, QueueType] = dict(queue_types or {})
+        for name, kind in [("queue_type", queue_type), *self.queue_types.items()]:
+            if kind not in QUEUE_TYPES:
+                raise ValueError(f"{name}: queue type must be classic or quorum, not {kind!r}")
+        self.queue_type = queue_type
+        self.delivery_limit = delivery_limit
         self.connect_attempts = connect_attempts
         self.connect_retry_delay = connect_retry_delay
         self.publish_timeout = publish_timeout
@@ -242,46 +260,55 @@ class RabbitmqBroker(Broker):
                 f"{_describe_error(exc)}"
             ) from None
 
+    def queue_type_of(self, queue_name: str) -> QueueType:
+        """The type of ``queue_name``: its entry in ``queue_types``, else ``queue_type``."""
+        return self.queue_types.get(queue_name, self.queue_type)
+
     async def declare_queue(self, queue_name: str) -> None:
         """Declare ``queue_name``, its dead-letter queue and its delay binding (idempotent)."""
         await self._declare_once(queue_name, lambda: self._declare_queue(queue_name))
 
     async def _declare_queue(self, queue_name: str) -> None:
         channel = await self._channel_for_topology()
-        # Pipelined: commands on a channel run in order, and a failing one closes the
-        # channel, so the last (waited-for) answer vouches for all of them.
-        await channel.queue_declare(dead_letter_queue_name(queue_name), durable=True, nowait=True)
-        await channel.exchange_declare(
-            DELIVERY_EXCHANGE, exchange_type="topic", durable=True, nowait=True
-        )
+        kind = self.queue_type_of(queue_name)
+        arguments = queue_arguments(queue_name, kind, delivery_limit=self.delivery_limit)
+        # One answer at a time, so that a clash (a queue that exists with other arguments)
+        # is reported as such.
         await channel.queue_declare(
-            queue_name, durable=True, arguments=queue_arguments(queue_name), nowait=True
+            dead_letter_queue_name(queue_name),
+            durable=True,
+            arguments=dead_letter_queue_arguments(kind),
         )
+        await channel.exchange_declare(DELIVERY_EXCHANGE, exchange_type="topic", durable=True)
+        await channel.queue_declare(queue_name, durable=True, arguments=arguments)
         await channel.queue_bind(
             queue_name, DELIVERY_EXCHANGE, routing_key=delivery_binding_key(queue_name)
         )
 
-    async def _declare_delays(self) -> None:
-        """Declare the shared delay levels, once per connection."""
-        await self._declare_once(_DELAYS, self._declare_delay_levels)
+    async def _declare_delays(self, queue_type: QueueType) -> None:
+        """Declare the shared delay levels of ``queue_type``, once per connection."""
+        await self._declare_once(
+            _DELAYS + queue_type, lambda: self._declare_delay_levels(queue_type)
+        )
 
-    async def _declare_delay_levels(self) -> None:
+    async def _declare_delay_levels(self, queue_type: QueueType) -> None:
         channel = await self._channel_for_topology()
-        # Pipelined as in declare_queue: only the final command is waited for.
+        # Pipelined: commands on a channel run in order, and a failing one closes the
+        # channel, so the last (waited-for) answer vouches for all of them.
         await channel.exchange_declare(
             DELIVERY_EXCHANGE, exchange_type="topic", durable=True, nowait=True
         )
         for level in range(DELAY_LEVELS):
-            name = delay_level_name(level)
-            lower = delay_level_name(level - 1) if level else DELIVERY_EXCHANGE
+            name = delay_level_name(level, queue_type)
+            lower = delay_level_name(level - 1, queue_type) if level else DELIVERY_EXCHANGE
             to_queue, to_lower = delay_level_bindings(level)
             await channel.exchange_declare(name, exchange_type="topic", durable=True, nowait=True)
             await channel.queue_declare(
-                name, durable=True, arguments=delay_level_arguments(level), nowait=True
+                name, durable=True, arguments=delay_level_arguments(level, queue_type), nowait=True
             )
             await channel.queue_bind(name, name, routing_key=to_queue, nowait=True)
             await channel.exchange_bind(lower, name, routing_key=to_lower, nowait=True)
-        await channel.queue_declare(delay_level_name(DELAY_LEVELS - 1), passive=True)
+        await channel.queue_declare(delay_level_name(DELAY_LEVELS - 1, queue_type), passive=True)
 
     async def _channel_for_topology(self) -> aiormq.abc.AbstractChannel:
         await self.connect()
@@ -314,9 +341,10 @@ class RabbitmqBroker(Broker):
         queue_name = message.queue_name
         await self.declare_queue(queue_name)
         delay_ms = 0 if delay is None else math.ceil(delay * 1000)
+        kind = self.queue_type_of(queue_name)
         if delay_ms > 0:
-            await self._declare_delays()
-            exchange, routing_key = delay_route(queue_name, delay_ms)
+            await self._declare_delays(kind)
+            exchange, routing_key = delay_route(queue_name, delay_ms, kind)
         else:
             exchange, routing_key = "", queue_name
         try:
@@ -324,10 +352,10 @@ class RabbitmqBroker(Broker):
         except UnroutableError:
             # The queue was deleted behind our back: declare it again and retry once.
             self._declared.pop(queue_name, None)
-            self._declared.pop(_DELAYS, None)
+            self._declared.pop(_DELAYS + kind, None)
             await self.declare_queue(queue_name)
             if delay_ms > 0:
-                await self._declare_delays()
+                await self._declare_delays(kind)
             await self.publish(routing_key, body, message_id=message.message_id, exchange=exchange)
 
     async def publish(
