@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from ._arguments import ArgumentSpec
@@ -143,6 +143,38 @@ class Actor(Generic[P, R]):
         """
         message = self.message_with_options(args=args, kwargs=kwargs, **options)
         return await self.broker.enqueue(message, delay=_delay_of(delay, eta))
+
+    async def send_many(
+        self,
+        calls: Iterable[Call],
+        *,
+        delay: Duration | None = None,
+        eta: datetime.datetime | None = None,
+        **options: Any,
+    ) -> list[Message]:
+        """Enqueue many calls at once; returns once RabbitMQ confirmed every one.
+
+        ``await resize.send_many([(1, 2), (3, 4), {"width": 5, "height": 6}])``: each
+        item holds the positional arguments (a tuple or list) or the keyword arguments
+        (a dict) of one call. Every call is validated before anything is published; the
+        publishes are pipelined. If one fails, its error is raised once all have been
+        answered, and the others may have been queued (sending the batch again may
+        duplicate them).
+
+        Args:
+            calls: The calls.
+            delay, eta, **options: As for :meth:`send_with_options`, for every call.
+        """
+        messages = [
+            self.message_with_options(kwargs=call, **options)
+            if isinstance(call, dict)
+            else self.message_with_options(args=call, **options)
+            for call in calls
+        ]
+        return await self.broker.enqueue_many(messages, delay=_delay_of(delay, eta))
+
+
+Call = tuple[Any, ...] | list[Any] | dict[str, Any]
 
 
 def _delay_of(delay: Duration | None, eta: datetime.datetime | None) -> float | None:

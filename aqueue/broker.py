@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import collections
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -216,17 +217,36 @@ class Broker(abc.ABC):
 
         Runs the middleware's enqueue hooks and returns once the broker confirmed it.
         """
-        if delay is not None and delay > MAX_DELAY_SECONDS:
-            raise ValidationError(
-                f"delay of {delay:.0f} s is longer than the longest supported "
-                f"({MAX_DELAY_SECONDS:.0f} s, about {MAX_DELAY_SECONDS / 86400 / 365:.1f} years)"
-            )
+        _check_delay(delay)
         for m in self.middleware:
             await m.before_enqueue(self, message, delay)
         await self._publish_message(message, delay)
         for m in self.middleware:
             await m.after_enqueue(self, message, delay)
         return message
+
+    async def enqueue_many(
+        self, messages: list[Message], *, delay: float | None = None
+    ) -> list[Message]:
+        """Publish ``messages`` with pipelined confirms; return once all were confirmed.
+
+        If some fail, the first error is raised after every publish was answered.
+        """
+        _check_delay(delay)
+        for message in messages:
+            for m in self.middleware:
+                await m.before_enqueue(self, message, delay)
+        results = await asyncio.gather(
+            *(self._publish_message(message, delay) for message in messages),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        for message in messages:
+            for m in self.middleware:
+                await m.after_enqueue(self, message, delay)
+        return messages
 
     def _encode(self, message: Message) -> bytes:
         """The message's JSON body; ValidationError if it is larger than allowed."""
@@ -399,6 +419,14 @@ class Broker(abc.ABC):
             if until <= now:
                 del pending[message_id]
         return bool(pending)
+
+
+def _check_delay(delay: float | None) -> None:
+    if delay is not None and delay > MAX_DELAY_SECONDS:
+        raise ValidationError(
+            f"delay of {delay:.0f} s is longer than the longest supported "
+            f"({MAX_DELAY_SECONDS:.0f} s, about {MAX_DELAY_SECONDS / 86400 / 365:.1f} years)"
+        )
 
 
 def _qualname(fn: Callable[..., Any]) -> str:

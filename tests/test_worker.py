@@ -359,3 +359,25 @@ async def test_join_times_out_with_builtin_timeout_error(
     await never_consumed.send()
     with pytest.raises(TimeoutError):
         await broker.join(queue_name, timeout=0.2)
+
+
+async def test_send_many_validates_everything_first_then_sends_all(
+    broker: aqueue.Broker, queue_name: str
+) -> None:
+    seen: list[tuple[int, int]] = []
+
+    @broker.actor(queue_name=queue_name)
+    async def area(width: int, height: int = 1) -> None:
+        seen.append((width, height))
+
+    await broker.declare_queue(queue_name)
+    with pytest.raises(aqueue.ValidationError, match="width"):
+        await area.send_many([(1, 2), ("wide", 3)])
+    assert await broker.ready_count(queue_name) == 0
+
+    messages = await area.send_many([(i, 2) for i in range(100)] + [{"width": 7}])
+    assert len({m.message_id for m in messages}) == 101
+    async with aqueue.Worker(broker, queues=[queue_name]):
+        await broker.join(queue_name, timeout=20)
+    assert sorted(seen) == sorted([(i, 2) for i in range(100)] + [(7, 1)])
+    assert await area.send_many([]) == []
