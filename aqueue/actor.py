@@ -163,7 +163,9 @@ class Actor(Generic[P, R]):
 
         Args:
             calls: The calls.
-            delay, eta, **options: As for :meth:`send_with_options`, for every call.
+            delay: As for :meth:`send_with_options`, for every call.
+            eta: As for :meth:`send_with_options`, for every call.
+            **options: As for :meth:`send_with_options`, for every call.
         """
         messages = [
             self.message_with_options(kwargs=call, **options)
