@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 import aiormq
@@ -122,6 +122,14 @@ def main(ctx: click.Context, debug: bool) -> None:
     show_default=True,
     help="Address the metrics server listens on.",
 )
+@click.option(
+    "--loop",
+    "loop_name",
+    type=click.Choice(["auto", "asyncio", "uvloop"], case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="Event loop: auto uses uvloop when it is installed (the 'uvloop' extra).",
+)
 def worker(
     modules: tuple[str, ...],
     queues: tuple[str, ...],
@@ -133,6 +141,7 @@ def worker(
     log_format: str,
     metrics_port: int | None,
     metrics_host: str,
+    loop_name: str,
 ) -> None:
     """Run a worker for the actors declared in MODULE(s).
 
@@ -163,10 +172,31 @@ def worker(
         # A supervised process only records; its supervisor serves the sum of all.
         _serve_metrics(*metrics, multiprocess_dir=os.environ.get(MULTIPROCESS_ENV))
     try:
-        asyncio.run(_serve(work))
+        _run(_serve(work), loop_name.lower())
     except BrokerConnectionError as exc:
         _fail(str(exc), EXIT_RUNTIME_ERROR)
     _exit_now_if_threads_linger()
+
+
+def _run(main: Coroutine[Any, Any, None], loop_name: str) -> None:
+    """Run ``main`` on asyncio's loop, or on uvloop's when asked for or (auto) installed."""
+    if loop_name != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop_name == "uvloop":
+                main.close()
+                _fail("--loop uvloop needs uvloop: pip install 'aqueue[uvloop]'", EXIT_USAGE_ERROR)
+        else:
+            log.debug("using uvloop")
+            if sys.version_info >= (3, 11):
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    runner.run(main)
+            else:  # pragma: no cover - Python 3.10
+                uvloop.install()
+                asyncio.run(main)
+            return
+    asyncio.run(main)
 
 
 async def _serve(work: Worker) -> None:

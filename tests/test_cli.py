@@ -168,6 +168,17 @@ async def test_worker_with_five_actors_and_eight_threads_holds_one_connection(
     assert await asyncio.to_thread(process.wait, 20) == 0
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_worker_runs_on_either_event_loop(project: WorkerProject, loop: str) -> None:
+    process = project.start("--loop", loop, "--log-level", "debug")
+    lines = await asyncio.to_thread(project.wait_started, process)
+    assert ("using uvloop" in "".join(lines)) == (loop == "uvloop")
+    await send(project, 0, 7)
+    await asyncio.to_thread(project.wait_records, 1)
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.wait, 20) == 0
+
+
 async def test_sigterm_lets_a_running_blocking_task_finish_and_exits_zero(
     project: WorkerProject, rabbit: RabbitAdmin
 ) -> None:
