@@ -11,6 +11,7 @@ from .message import Message
 if TYPE_CHECKING:
     from .actor import Actor
     from .broker import Broker
+    from .middleware.base import SkipMessage
 
 __all__ = ["MessageContext", "current_message"]
 
@@ -45,6 +46,7 @@ class MessageContext:
         retry_scheduled: Set by the retry middleware once a retry was published and
             confirmed; the worker then acks instead of dead-lettering.
         failure_headers: Extra headers for the dead letter, should the message end there.
+        skip: The :class:`~aqueue.SkipMessage` a middleware raised, in ``after_skip_message``.
     """
 
     broker: Broker
@@ -55,6 +57,7 @@ class MessageContext:
     exception: BaseException | None = None
     retry_scheduled: bool = False
     failure_headers: dict[str, str] = field(default_factory=dict)
+    skip: SkipMessage | None = None
 
     def option(self, name: str, default: Any = None) -> Any:
         """A per-message option, else the actor's option, else ``default``."""

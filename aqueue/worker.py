@@ -315,6 +315,7 @@ class Worker:
         self, plan: _QueuePlan, delivery: Delivery, context: MessageContext, skip: SkipMessage
     ) -> None:
         message = context.message
+        context.skip = skip
         for m in self._after_skip:
             await m.after_skip_message(context)
         if skip.dead_letter:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from ..context import MessageContext
-from .base import Middleware, SkipMessage
+from .base import Middleware
 
 if TYPE_CHECKING:
     from ..broker import Broker
@@ -154,8 +153,8 @@ class OpenTelemetry(Middleware):
         processing = self._take(id(context))
         if processing is None:
             return  # skipped by a middleware before this one
-        skip = sys.exc_info()[1]
-        if isinstance(skip, SkipMessage):
+        skip = context.skip
+        if skip is not None:
             processing.span.set_attribute("aqueue.skipped", skip.reason)
             processing.span.set_attribute("aqueue.dead_lettered", skip.dead_letter)
         processing.span.end()

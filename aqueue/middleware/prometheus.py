@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from ..context import MessageContext
-from .base import Middleware, SkipMessage
+from .base import Middleware
 
 if TYPE_CHECKING:
     from ..broker import Broker
@@ -221,9 +220,8 @@ class Prometheus(Middleware):
             # Skipped by a middleware before this one: not counted as received yet.
             self.received.labels(*labels).inc()
         self.skipped.labels(*labels).inc()
-        # The worker calls this hook while it handles the SkipMessage.
-        skip = sys.exc_info()[1]
-        if not isinstance(skip, SkipMessage) or skip.dead_letter:
+        skip = context.skip
+        if skip is None or skip.dead_letter:
             self.dead_lettered.labels(*labels).inc()
 
     def _finish(self, key: int) -> _Started | None:
