@@ -162,7 +162,7 @@ class Broker(abc.ABC):
                 raise error(f"{owner}: option {name!r} can only be set on the actor")
             try:
                 normalized[name] = owner_middleware.normalize_option(name, value)
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:  # ActorDefinitionError is a TypeError
                 raise error(f"{owner}: {exc}") from None
         return normalized
 

@@ -12,11 +12,12 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import msgspec
 
 from . import _failures
 from ._threads import run_in_thread
 from .actor import Actor
-from .broker import Broker, Consumer, Delivery
+from .broker import CORE_ACTOR_OPTIONS, Broker, Consumer, Delivery
 from .context import MessageContext, _current
 from .errors import (
     ActorNotFound,
@@ -102,6 +103,7 @@ class Worker:
         self._after_process: list[Middleware] = []
         self._after_skip: list[Middleware] = []
         self._time_limit: TimeLimit | None = None
+        self._message_options: frozenset[str] = frozenset()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -150,6 +152,7 @@ class Worker:
         self._after_process = [m for m in stack if overrides(m, "after_process_message")]
         self._after_skip = [m for m in stack if overrides(m, "after_skip_message")]
         self._time_limit = next((m for m in stack if isinstance(m, TimeLimit)), None)
+        self._message_options = self.broker.actor_options - CORE_ACTOR_OPTIONS
         await self.broker.connect()
         for m in stack:
             await m.before_worker_boot(self.broker, self)
@@ -256,6 +259,11 @@ class Worker:
             actor_name = message.actor_name
             actor = self.broker.get_actor(actor_name)
             args, kwargs = actor.arguments.decode(message.args, message.kwargs)
+            if message.options:
+                self._check_options(message)
+            if message.queue_name != plan.name:
+                # Retries and redeliveries go back to the queue the message came from.
+                message = msgspec.structs.replace(message, queue_name=plan.name)
         except (MessageDecodeError, ActorNotFound, ValidationError, MessageTooLarge) as exc:
             await self._reject(plan.name, delivery, exc, actor_name)
             return
@@ -268,6 +276,21 @@ class Worker:
             await self._process_context(plan, delivery, context, args, kwargs)
         finally:
             _current.reset(token)
+
+    def _check_options(self, message: Message) -> None:
+        """Validate the per-message options middleware will read; others are carried as is."""
+        options = message.options
+        for name, value in options.items():
+            if name in _COUNTER_OPTIONS:
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ValidationError(f"option {name!r} must be an int >= 0, not {value!r}")
+            elif name in self._message_options:
+                normalized = self.broker.normalize_options(
+                    {name: value},
+                    owner=f"message for actor {message.actor_name!r}",
+                    for_message=True,
+                )
+                options[name] = normalized[name]
 
     async def _process_context(
         self,
@@ -494,6 +517,10 @@ async def _call_with_time_limit(
         raise _time_limit_exceeded(actor.actor_name, limit) from None
     finally:
         timer.cancel()
+
+
+#: Counters middleware keeps in a message's options.
+_COUNTER_OPTIONS = frozenset({"retries", "redeliveries", "first_failed_at"})
 
 
 def _time_limit_exceeded(actor_name: str, limit: float | None) -> TimeLimitExceeded:
