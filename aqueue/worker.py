@@ -156,16 +156,21 @@ class Worker:
         await self.broker.connect()
         for m in stack:
             await m.before_worker_boot(self.broker, self)
-        try:
-            for plan in self._plans:
-                handler = functools.partial(self._handle, plan)
-                consumer = await self.broker.consume(
-                    plan.name, prefetch=plan.prefetch, handler=handler
+        # All queues at once: each consumer opens a channel of its own.
+        results = await asyncio.gather(
+            *(
+                self.broker.consume(
+                    plan.name, prefetch=plan.prefetch, handler=functools.partial(self._handle, plan)
                 )
-                self._consumers.append(consumer)
-        except BaseException:
+                for plan in self._plans
+            ),
+            return_exceptions=True,
+        )
+        self._consumers = [c for c in results if not isinstance(c, BaseException)]
+        failures = [c for c in results if isinstance(c, BaseException)]
+        if failures:
             await self._close_consumers()
-            raise
+            raise failures[0]
         self._started = True
         for m in stack:
             await m.after_worker_boot(self.broker, self)
@@ -238,6 +243,11 @@ class Worker:
         self._idle.clear()
         try:
             await self._process(plan, delivery)
+        except Exception:
+            # A bug, not the actor's failure: never leave the delivery unsettled (later acks
+            # of its channel would wait behind it).
+            log.exception("unexpected error while processing a message; requeueing it")
+            await delivery.requeue()
         finally:
             self._running.discard(task)
             if not self._running:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -557,11 +558,91 @@ def _dead_letter_of(got: DeliveredMessage) -> DeadLetter:
     )
 
 
-class _RabbitmqDelivery:
-    __slots__ = ("_message",)
+class _Acker:
+    """Acknowledges the finished deliveries of one channel, in batches.
 
-    def __init__(self, message: DeliveredMessage) -> None:
+    A finished delivery is acked at the next turn of the event loop, together with every
+    other finished one, by one ``basic.ack(multiple=True)`` for the highest tag below
+    which every delivery is settled: a delivery whose actor still runs is never covered.
+    """
+
+    __slots__ = ("_acked", "_channel", "_outstanding", "_requeued", "_scheduled", "_sending")
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self._channel = channel
+        self._outstanding: collections.deque[int] = collections.deque()  # in delivery order
+        self._acked: set[int] = set()  # finished, ack not sent yet
+        self._requeued: set[int] = set()  # nacked already: settled, never named in an ack
+        self._scheduled = False
+        self._sending: set[asyncio.Future[None]] = set()
+
+    def delivered(self, tag: int) -> None:
+        self._outstanding.append(tag)
+
+    def ack(self, tag: int) -> None:
+        self._acked.add(tag)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+
+    async def requeue(self, tag: int) -> None:
+        try:
+            await self._channel.basic_nack(tag, requeue=True, wait=False)
+        except _CONNECTION_ERRORS as exc:
+            log.debug("requeue of delivery %s failed (%r); RabbitMQ requeues it", tag, exc)
+        # Settled: a later multiple ack may span it, but must not name it (RabbitMQ would
+        # close the channel on an unknown delivery tag).
+        self._requeued.add(tag)
+
+    def _flush_soon(self) -> None:
+        self._scheduled = False
+        last = self._take_contiguous()
+        if last is not None:
+            task = asyncio.ensure_future(self._send(last))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    def _take_contiguous(self) -> int | None:
+        """The highest acked tag below which every delivery is settled, or None."""
+        last = None
+        outstanding, acked, requeued = self._outstanding, self._acked, self._requeued
+        while outstanding:
+            tag = outstanding[0]
+            if tag in acked:
+                acked.discard(tag)
+                last = tag
+            elif tag in requeued:
+                requeued.discard(tag)
+            else:
+                break
+            outstanding.popleft()
+        return last
+
+    async def _send(self, tag: int) -> None:
+        try:
+            await self._channel.basic_ack(tag, multiple=True, wait=False)
+        except _CONNECTION_ERRORS as exc:
+            # The channel is gone, so RabbitMQ already put the messages back in their queue.
+            log.debug("ack up to delivery %s failed (%r); RabbitMQ redelivers", tag, exc)
+
+    async def flush(self) -> None:
+        """Send the pending acks now (before the channel closes)."""
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+        last = self._take_contiguous()
+        if last is not None:
+            await self._send(last)
+
+
+class _RabbitmqDelivery:
+    __slots__ = ("_acker", "_message", "_settled", "_tag")
+
+    def __init__(self, message: DeliveredMessage, acker: _Acker) -> None:
         self._message = message
+        self._acker = acker
+        self._tag: int = message.delivery.delivery_tag  # type: ignore[union-attr,assignment]
+        self._settled = False
+        acker.delivered(self._tag)
 
     @property
     def body(self) -> bytes:
@@ -576,19 +657,14 @@ class _RabbitmqDelivery:
         return self._message.header.properties.message_id
 
     async def ack(self) -> None:
-        tag: int = self._message.delivery.delivery_tag  # type: ignore[union-attr,assignment]
-        try:
-            await self._message.channel.basic_ack(tag, wait=False)
-        except _CONNECTION_ERRORS as exc:
-            # The channel is gone, so RabbitMQ already put the message back in its queue.
-            log.debug("ack of delivery %s failed (%r); RabbitMQ will redeliver it", tag, exc)
+        if not self._settled:
+            self._settled = True
+            self._acker.ack(self._tag)
 
     async def requeue(self) -> None:
-        tag: int = self._message.delivery.delivery_tag  # type: ignore[union-attr,assignment]
-        try:
-            await self._message.channel.basic_nack(tag, requeue=True, wait=False)
-        except _CONNECTION_ERRORS as exc:
-            log.debug("requeue of delivery %s failed (%r); RabbitMQ requeues it", tag, exc)
+        if not self._settled:
+            self._settled = True
+            await self._acker.requeue(self._tag)
 
 
 class _QueueConsumer:
@@ -607,6 +683,7 @@ class _QueueConsumer:
         self._handler = handler
         self._channel: AbstractRobustChannel | None = None
         self._consumer_tag: str | None = None
+        self._acker: _Acker | None = None
         self._cancelled = False
 
     async def start(self) -> None:
@@ -638,7 +715,16 @@ class _QueueConsumer:
     async def _subscribe(self) -> None:
         assert self._channel is not None
         underlay = await self._channel.get_underlay_channel()
-        result = await underlay.basic_consume(self.queue_name, self._on_delivery)
+        # Delivery tags are per channel: a reopened channel gets an acker of its own, and
+        # deliveries of the old one keep theirs (their acks then fail quietly: RabbitMQ
+        # has already requeued them).
+        acker = self._acker = _Acker(underlay)
+        handler = self._handler
+
+        async def on_delivery(message: DeliveredMessage) -> None:
+            await handler(_RabbitmqDelivery(message, acker))
+
+        result = await underlay.basic_consume(self.queue_name, on_delivery)
         self._consumer_tag = result.consumer_tag
 
     async def _on_reopen(self, channel: Any) -> None:
@@ -646,9 +732,6 @@ class _QueueConsumer:
             return
         log.info("channel of queue %r reopened; consuming again", self.queue_name)
         await self._subscribe()
-
-    async def _on_delivery(self, message: DeliveredMessage) -> None:
-        await self._handler(_RabbitmqDelivery(message))
 
     async def cancel(self) -> None:
         self._cancelled = True
@@ -662,6 +745,8 @@ class _QueueConsumer:
 
     async def close(self) -> None:
         self._cancelled = True
+        if self._acker is not None:
+            await self._acker.flush()
         channel, self._channel = self._channel, None
         if channel is not None:
             try:
