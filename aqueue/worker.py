@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -15,6 +14,7 @@ import anyio
 import msgspec
 
 from . import _failures
+from ._deadlines import DeadlineExceeded, Deadlines
 from ._threads import run_in_thread
 from .actor import Actor
 from .broker import CORE_ACTOR_OPTIONS, Broker, Consumer, Delivery
@@ -104,6 +104,7 @@ class Worker:
         self._after_skip: list[Middleware] = []
         self._time_limit: TimeLimit | None = None
         self._message_options: frozenset[str] = frozenset()
+        self._deadlines = Deadlines()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -427,7 +428,10 @@ class Worker:
             if actor.is_async:
                 if time_limit is None:
                     return await actor.fn(*args, **kwargs)
-                return await _call_with_time_limit(actor, args, kwargs, time_limit)
+                try:
+                    return await self._deadlines.run(actor.fn(*args, **kwargs), time_limit)
+                except DeadlineExceeded:
+                    raise _time_limit_exceeded(actor.actor_name, time_limit) from None
             await self._acquire(self._thread_slots)
             try:
                 call = functools.partial(actor.fn, *args, **kwargs)
@@ -497,36 +501,6 @@ class Worker:
             )
             await anyio.sleep(1.0)  # no hot loop if the dead-letter queue stays unreachable
             await delivery.requeue()
-
-
-async def _call_with_time_limit(
-    actor: Actor[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
-) -> Any:
-    """Await the actor, cancelling it after ``limit`` seconds.
-
-    A plain timer and a flag: a cancel scope per message costs several times more,
-    and every message pays it since a time limit is on by default.
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
-
-    timer = asyncio.get_running_loop().call_later(limit, expire)
-    try:
-        return await actor.fn(*args, **kwargs)
-    except asyncio.CancelledError:
-        if not expired:
-            raise
-        if sys.version_info >= (3, 11):
-            task.uncancel()
-        raise _time_limit_exceeded(actor.actor_name, limit) from None
-    finally:
-        timer.cancel()
 
 
 #: Counters middleware keeps in a message's options.

@@ -319,3 +319,41 @@ async def test_message_is_requeued_when_a_middleware_fails_after_processing(
         assert await broker.dead_letters(queue_name) == []
     finally:
         await broker.close()
+
+
+async def test_an_actors_own_timeout_error_is_not_a_time_limit(
+    broker: aqueue.Broker, queue_name: str
+) -> None:
+    @broker.actor(queue_name=queue_name, time_limit=5, max_retries=0)
+    async def waits_for_upstream() -> None:
+        await asyncio.wait_for(asyncio.sleep(1), 0.01)
+
+    await waits_for_upstream.send()
+    async with aqueue.Worker(broker, queues=[queue_name]):
+        await broker.join(queue_name, timeout=10)
+    [letter] = await broker.dead_letters(queue_name)
+    assert letter.exception == "TimeoutError"
+
+
+async def test_time_limits_of_many_messages_with_different_limits(
+    broker: aqueue.Broker, queue_name: str
+) -> None:
+    finished: list[float] = []
+
+    @broker.actor(queue_name=queue_name, max_retries=0)
+    async def nap(seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        finished.append(seconds)
+
+    # Later deadlines first, then earlier ones: the timer must move earlier.
+    await nap.send_with_options(args=(0.05,), time_limit=2)
+    await nap.send_with_options(args=(1.0,), time_limit=0.3)
+    await nap.send_with_options(args=(0.01,), time_limit=1)
+    await nap.send_with_options(args=(1.0,), time_limit=0.1)
+    started = time.monotonic()
+    async with aqueue.Worker(broker, queues=[queue_name]):
+        await broker.join(queue_name, timeout=10)
+    assert time.monotonic() - started < 0.9
+    assert sorted(finished) == [0.01, 0.05]
+    letters = await broker.dead_letters(queue_name)
+    assert sorted(letter.exception or "" for letter in letters) == ["TimeLimitExceeded"] * 2
