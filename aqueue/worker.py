@@ -128,7 +128,7 @@ class Worker:
             plan = _QueuePlan(name=name, actors=actors, prefetch=0)
             for actor in actors:
                 limit = self._concurrency_of(actor)
-                plan.prefetch += limit
+                plan.prefetch += self._prefetch_of(actor, limit)
                 if len(actors) > 1:
                     plan.limiters[actor.actor_name] = anyio.CapacityLimiter(limit)
             plans.append(plan)
@@ -138,6 +138,14 @@ class Worker:
         if actor.is_async:
             return actor.concurrency or self.concurrency
         return min(actor.concurrency or self.threads, self.threads)
+
+    def _prefetch_of(self, actor: Actor[Any, Any], limit: int) -> int:
+        if actor.is_async or actor.concurrency is not None:
+            return limit
+        # A blocking actor on the default concurrency takes a few messages more than it
+        # has threads, so that a thread that finishes finds its next message here instead
+        # of waiting a round trip to RabbitMQ; the thread pool still bounds what runs.
+        return limit + max(1, self.threads // 4)
 
     async def start(self) -> None:
         """Connect, declare the queues and start consuming."""

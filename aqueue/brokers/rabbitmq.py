@@ -399,6 +399,8 @@ class RabbitmqBroker(Broker):
                     underlay = await asyncio.wait_for(channel.get_underlay_channel(), remaining)
                 else:
                     underlay = await channel.get_underlay_channel()
+                # wait=False: the confirm is what we wait for; waiting for the socket to
+                # drain too would hold the channel's lock and serialise concurrent sends.
                 await underlay.basic_publish(
                     body,
                     exchange=exchange,
@@ -406,6 +408,7 @@ class RabbitmqBroker(Broker):
                     properties=properties,
                     mandatory=True,
                     timeout=remaining,
+                    wait=False,
                 )
                 return
             except aiormq.exceptions.ChannelNotFoundEntity:
