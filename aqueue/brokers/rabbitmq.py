@@ -401,7 +401,7 @@ class RabbitmqBroker(Broker):
                     underlay = await channel.get_underlay_channel()
                 # wait=False: the confirm is what we wait for; waiting for the socket to
                 # drain too would hold the channel's lock and serialise concurrent sends.
-                await underlay.basic_publish(
+                await underlay.basic_publish(  # type: ignore[call-arg]
                     body,
                     exchange=exchange,
                     routing_key=routing_key,
