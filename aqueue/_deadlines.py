@@ -48,11 +48,15 @@ class Deadlines:
             if task not in self._expired:
                 raise
             self._expired.discard(task)
-            if sys.version_info >= (3, 11):
-                task.uncancel()
+            if sys.version_info >= (3, 11) and task.uncancel() > 0:
+                raise  # cancelled from outside too (a stop): that wins
             raise DeadlineExceeded from None
         finally:
             self._live.pop(task, None)
+            if task in self._expired:  # the call swallowed our cancellation
+                self._expired.discard(task)
+                if sys.version_info >= (3, 11):
+                    task.uncancel()
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:

@@ -402,6 +402,7 @@ class Broker(abc.ABC):
         # Wait for it until it is received here, or a while after it is due (another
         # process may consume it).
         grace = max(2.0, delay * 0.02)
+        self._retries_pending(message.queue_name)  # drop those long due (run elsewhere)
         pending = self._pending_retries.setdefault(message.queue_name, {})
         pending[message.message_id] = time.monotonic() + delay + grace
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -257,6 +258,9 @@ class Worker:
             # of its channel would wait behind it).
             log.exception("unexpected error while processing a message; requeueing it")
             await delivery.requeue()
+        except BaseException:
+            await delivery.requeue()  # cancelled (a forced stop): back to the queue
+            raise
         finally:
             self._running.discard(task)
             if not self._running:
@@ -338,9 +342,13 @@ class Worker:
         except _NotStarted:
             await delivery.requeue()
             return
-        except asyncio.CancelledError:
-            await delivery.requeue()
-            raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if sys.version_info >= (3, 11) and task is not None and not task.cancelling():
+                context.exception = exc  # the actor's own CancelledError: a failure like others
+            else:
+                await delivery.requeue()
+                raise
         except Exception as exc:
             context.exception = exc
 

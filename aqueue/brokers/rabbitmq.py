@@ -29,7 +29,13 @@ from ..broker import (
     QueueInfo,
 )
 from ..dead_letters import DeadLetter, dead_letter_filter, replay_message
-from ..errors import BrokerConnectionError, BrokerError, NackedError, UnroutableError
+from ..errors import (
+    BrokerConnectionError,
+    BrokerError,
+    MessageDecodeError,
+    NackedError,
+    UnroutableError,
+)
 from ..message import Message
 from ..middleware import Middleware
 from ..topology import (
@@ -261,6 +267,11 @@ class RabbitmqBroker(Broker):
                 f"{_describe_error(exc)}"
             ) from None
 
+    async def _redeclare_queue(self, queue_name: str) -> None:
+        """Declare ``queue_name`` again, even if this process declared it before."""
+        self._declared.pop(queue_name, None)
+        await self.declare_queue(queue_name)
+
     def queue_type_of(self, queue_name: str) -> QueueType:
         """The type of ``queue_name``: its entry in ``queue_types``, else ``queue_type``."""
         return self.queue_types.get(queue_name, self.queue_type)
@@ -443,7 +454,9 @@ class RabbitmqBroker(Broker):
         """Consume ``queue_name`` on a channel of its own with ``basic.qos(prefetch)``."""
         await self.declare_queue(queue_name)
         assert self._connection is not None
-        consumer = _QueueConsumer(self._connection, queue_name, prefetch, handler)
+        consumer = _QueueConsumer(
+            self._connection, queue_name, prefetch, handler, self._redeclare_queue
+        )
         await consumer.start()
         return consumer
 
@@ -524,7 +537,10 @@ class RabbitmqBroker(Broker):
                 letter = _dead_letter_of(got)
                 if not select(letter):
                     continue  # stays unacked until the channel closes, then goes back
-                await handle(letter)
+                try:
+                    await handle(letter)
+                except MessageDecodeError:
+                    continue  # not an aqueue message: left where it is
                 await channel.basic_ack(got.delivery.delivery_tag)  # type: ignore[arg-type]
                 taken += 1
         return taken
@@ -564,12 +580,13 @@ def _dead_letter_of(got: DeliveredMessage) -> DeadLetter:
 class _Acker:
     """Acknowledges the finished deliveries of one channel, in batches.
 
-    A finished delivery is acked at the next turn of the event loop, together with every
-    other finished one, by one ``basic.ack(multiple=True)`` for the highest tag below
-    which every delivery is settled: a delivery whose actor still runs is never covered.
+    A finished delivery is acked soon after, together with every other finished one, by
+    one ``basic.ack(multiple=True)`` for the highest tag below which every delivery is
+    settled: a delivery whose actor still runs is never covered. One sender at a time
+    writes the acks, so they reach RabbitMQ in increasing order.
     """
 
-    __slots__ = ("_acked", "_channel", "_outstanding", "_requeued", "_scheduled", "_sending")
+    __slots__ = ("_acked", "_channel", "_outstanding", "_requeued", "_scheduled", "_sender")
 
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
         self._channel = channel
@@ -577,33 +594,40 @@ class _Acker:
         self._acked: set[int] = set()  # finished, ack not sent yet
         self._requeued: set[int] = set()  # nacked already: settled, never named in an ack
         self._scheduled = False
-        self._sending: set[asyncio.Future[None]] = set()
+        self._sender: asyncio.Future[None] | None = None
 
     def delivered(self, tag: int) -> None:
         self._outstanding.append(tag)
 
     def ack(self, tag: int) -> None:
         self._acked.add(tag)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_soon)
+        self._schedule()
 
     async def requeue(self, tag: int) -> None:
         try:
             await self._channel.basic_nack(tag, requeue=True, wait=False)
         except _CONNECTION_ERRORS as exc:
             log.debug("requeue of delivery %s failed (%r); RabbitMQ requeues it", tag, exc)
+            return  # the channel is gone: nothing more will be acked on it
         # Settled: a later multiple ack may span it, but must not name it (RabbitMQ would
-        # close the channel on an unknown delivery tag).
+        # close the channel on an unknown delivery tag). Acks held behind it may go now.
         self._requeued.add(tag)
+        self._schedule()
 
-    def _flush_soon(self) -> None:
+    def _schedule(self) -> None:
+        if not self._scheduled and self._sender is None:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_sender)
+
+    def _start_sender(self) -> None:
         self._scheduled = False
-        last = self._take_contiguous()
-        if last is not None:
-            task = asyncio.ensure_future(self._send(last))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+        outstanding = self._outstanding
+        if (
+            self._sender is None
+            and outstanding
+            and (outstanding[0] in self._acked or outstanding[0] in self._requeued)
+        ):
+            self._sender = asyncio.ensure_future(self._send_all())
 
     def _take_contiguous(self) -> int | None:
         """The highest acked tag below which every delivery is settled, or None."""
@@ -621,20 +645,23 @@ class _Acker:
             outstanding.popleft()
         return last
 
-    async def _send(self, tag: int) -> None:
+    async def _send_all(self) -> None:
         try:
-            await self._channel.basic_ack(tag, multiple=True, wait=False)
+            while (last := self._take_contiguous()) is not None:
+                await self._channel.basic_ack(last, multiple=True, wait=False)
         except _CONNECTION_ERRORS as exc:
             # The channel is gone, so RabbitMQ already put the messages back in their queue.
-            log.debug("ack up to delivery %s failed (%r); RabbitMQ redelivers", tag, exc)
+            log.debug("acks failed (%r); RabbitMQ redelivers", exc)
+        finally:
+            self._sender = None
 
     async def flush(self) -> None:
         """Send the pending acks now (before the channel closes)."""
-        if self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
-        last = self._take_contiguous()
-        if last is not None:
-            await self._send(last)
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
+        if self._sender is None:
+            self._sender = asyncio.ensure_future(self._send_all())
+            await asyncio.gather(self._sender, return_exceptions=True)
 
 
 class _RabbitmqDelivery:
@@ -679,8 +706,11 @@ class _QueueConsumer:
         queue_name: str,
         prefetch: int,
         handler: DeliveryHandler,
+        redeclare: Callable[[str], Awaitable[None]],
     ) -> None:
         self._connection = connection
+        self._redeclare = redeclare
+        self._resubscribing: asyncio.Future[None] | None = None
         self.queue_name = queue_name
         self._prefetch = prefetch
         self._handler = handler
@@ -729,6 +759,32 @@ class _QueueConsumer:
 
         result = await underlay.basic_consume(self.queue_name, on_delivery)
         self._consumer_tag = result.consumer_tag
+        underlay.on_consumer_cancel_callbacks.add(self._on_server_cancel)
+
+    def _on_server_cancel(self, frame: Any) -> None:
+        """RabbitMQ cancelled the consumer (its queue was deleted, a node failed over)."""
+        if self._cancelled or getattr(frame, "consumer_tag", None) != self._consumer_tag:
+            return
+        log.warning("RabbitMQ cancelled the consumer of queue %s; consuming again", self.queue_name)
+        if self._resubscribing is None or self._resubscribing.done():
+            self._resubscribing = asyncio.ensure_future(self._resubscribe())
+
+    async def _resubscribe(self) -> None:
+        delay = 0.5
+        while not self._cancelled:
+            try:
+                await self._redeclare(self.queue_name)
+                await self._subscribe()
+                return
+            except Exception as exc:
+                log.warning(
+                    "could not consume queue %s again (%s); retrying in %.1f s",
+                    self.queue_name,
+                    _describe_error(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _on_reopen(self, channel: Any) -> None:
         if self._cancelled:
@@ -748,6 +804,8 @@ class _QueueConsumer:
 
     async def close(self) -> None:
         self._cancelled = True
+        if self._resubscribing is not None:
+            self._resubscribing.cancel()
         if self._acker is not None:
             await self._acker.flush()
         channel, self._channel = self._channel, None
