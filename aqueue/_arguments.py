@@ -88,16 +88,16 @@ class ArgumentSpec:
 
     def check(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise :class:`ValidationError` unless the arguments fit the signature and hints."""
-        self._bind(args, kwargs, strict=True)
+        self._bind(args, kwargs)
 
     def decode(
         self, args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Convert JSON-decoded arguments to the annotated types."""
-        return self._bind(args, kwargs, strict=True)
+        return self._bind(args, kwargs)
 
     def _bind(
-        self, args: Sequence[Any], kwargs: Mapping[str, Any], *, strict: bool
+        self, args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         n_args = len(args)
         positional = self._positional
@@ -132,19 +132,19 @@ class ArgumentSpec:
                 name, typ = positional[i].name, positional[i].type
             else:
                 name, typ = "*args", self._var_positional
-            out_args.append(self._convert(name, value, typ, strict))
+            out_args.append(self._convert(name, value, typ))
         out_kwargs = {}
         for name, value in kwargs.items():
             keyword = self._keyword.get(name)
             typ = keyword.type if keyword is not None else self._var_keyword
-            out_kwargs[name] = self._convert(name, value, typ, strict)
+            out_kwargs[name] = self._convert(name, value, typ)
         return tuple(out_args), out_kwargs
 
-    def _convert(self, name: str, value: Any, typ: Any, strict: bool) -> Any:
+    def _convert(self, name: str, value: Any, typ: Any) -> Any:
         if typ is None or typ is _EMPTY:
             return value
         try:
-            return msgspec.convert(value, typ, strict=strict)
+            return msgspec.convert(value, typ)
         except msgspec.ValidationError as exc:
             raise ValidationError(f"{self._owner}(): argument {name!r}: {exc}") from None
 

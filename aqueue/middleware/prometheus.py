@@ -51,26 +51,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
     3600.0,
 )
 #: Seconds; from when a message was sent to when a worker started it.
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-    900.0,
-    3600.0,
-    21600.0,
-    86400.0,
-)
+LATENCY_BUCKETS: tuple[float, ...] = (*DURATION_BUCKETS, 21600.0, 86400.0)
 
 _LABELS = ("queue", "actor")
 
