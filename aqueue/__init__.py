@@ -6,8 +6,10 @@ run ``aqueue worker your.module``.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import _default_broker
+from ._default_broker import get_broker, set_broker
 from .actor import Actor, actor
-from .broker import Broker, get_broker, set_broker
+from .broker import Broker
 from .brokers.memory import InMemoryBroker
 from .brokers.rabbitmq import RabbitmqBroker
 from .context import MessageContext, current_message
@@ -16,6 +18,7 @@ from .errors import (
     ActorDefinitionError,
     ActorNotFound,
     AqueueError,
+    BrokerBlockedError,
     BrokerConnectionError,
     BrokerError,
     MessageDecodeError,
@@ -29,6 +32,10 @@ from .errors import (
 from .message import Message
 from .middleware import Middleware, SkipMessage
 from .worker import Worker
+
+# The default broker is a RabbitmqBroker on AQUEUE_BROKER_URL; the modules below this one
+# cannot name it, so it is registered here.
+_default_broker.set_default_factory(RabbitmqBroker)
 
 try:
     __version__ = version("aqueue")
@@ -58,6 +65,7 @@ __all__ = [
     "ActorDefinitionError",
     "ActorNotFound",
     "AqueueError",
+    "BrokerBlockedError",
     "BrokerConnectionError",
     "BrokerError",
     "MessageDecodeError",

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from ._arguments import ArgumentSpec
+from ._default_broker import get_broker
 from ._durations import Duration, to_seconds
 from .errors import ActorDefinitionError, ValidationError
 from .message import Message
@@ -237,8 +238,6 @@ def actor(
     """
 
     def decorator(fn: Callable[P, R]) -> Actor[P, R]:
-        from .broker import get_broker
-
         target = broker if broker is not None else get_broker()
         name = actor_name if actor_name is not None else getattr(fn, "__name__", None)
         if name is None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import collections
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
-import anyio
-
+from ._default_broker import get_broker, set_broker
+from ._in_flight import InFlightTracking
+from .actor import Actor
+from .actor import actor as _declare_actor
 from .dead_letters import DeadLetter
 from .errors import ActorDefinitionError, ActorNotFound, ValidationError
 from .message import Message
@@ -21,8 +21,6 @@ from .topology import MAX_DELAY_SECONDS
 
 if TYPE_CHECKING:
     from typing import ParamSpec
-
-    from .actor import Actor
 
     P = ParamSpec("P")
     R = TypeVar("R")
@@ -82,7 +80,7 @@ class QueueInfo:
     consumers: int
 
 
-class Broker(abc.ABC):
+class Broker(InFlightTracking):
     """What every broker offers: actors, sending, consuming, dead-lettering and joining.
 
     Attributes:
@@ -95,6 +93,7 @@ class Broker(abc.ABC):
         middleware: Iterable[Middleware] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
+        super().__init__()
         if max_message_size < 1:
             raise ValueError("max_message_size must be a positive number of bytes")
         self.max_message_size = max_message_size
@@ -102,12 +101,7 @@ class Broker(abc.ABC):
         self.middleware: list[Middleware] = (
             default_middleware() if middleware is None else list(middleware)
         )
-        # Deliveries of each queue being processed in this process; join() waits for them.
-        self._in_flight: dict[str, int] = {}
-        # Retries this process scheduled, by queue: message id -> when to stop waiting.
-        self._pending_retries: dict[str, dict[str, float]] = {}
-        # Exceptions of messages that failed for good here, by queue, for join(fail_fast=True).
-        self._failures: dict[str, collections.deque[BaseException]] = {}
+        self._connection_listeners: list[Callable[[str], None]] = []
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Append ``middleware`` to the stack (declare actors after adding their middleware)."""
@@ -125,11 +119,9 @@ class Broker(abc.ABC):
         self, fn: Callable[P, R] | None = None, /, **options: Any
     ) -> Actor[P, R] | Callable[[Callable[P, R]], Actor[P, R]]:
         """Declare an actor on this broker; same options as :func:`aqueue.actor`."""
-        from .actor import actor
-
         if fn is not None:
-            return actor(fn, broker=self, **options)  # type: ignore[call-overload,no-any-return]
-        return actor(broker=self, **options)
+            return _declare_actor(fn, broker=self, **options)  # type: ignore[call-overload,no-any-return]
+        return _declare_actor(broker=self, **options)
 
     @property
     def actor_options(self) -> frozenset[str]:
@@ -197,6 +189,29 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Close the broker connection."""
+
+    @property
+    def blocked(self) -> bool:
+        """Whether the broker refuses publishes for now (RabbitMQ's resource alarms)."""
+        return False
+
+    def add_connection_listener(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(event)`` on ``"reconnected"``, ``"blocked"`` and ``"unblocked"``.
+
+        Returns a function that removes the listener. Listeners run on the event loop and
+        must not block.
+        """
+        self._connection_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._connection_listeners:
+                self._connection_listeners.remove(listener)
+
+        return remove
+
+    def _emit_connection_event(self, event: str) -> None:
+        for listener in list(self._connection_listeners):
+            listener(event)
 
     async def __aenter__(self: _B) -> _B:
         await self.connect()
@@ -326,101 +341,6 @@ class Broker(abc.ABC):
     async def ready_count(self, queue_name: str) -> int:
         """How many messages wait in ``queue_name``, ready to be delivered."""
 
-    async def join(
-        self,
-        queue_name: str,
-        *,
-        timeout: float | None = None,
-        fail_fast: bool = False,
-        poll_interval: float = 0.02,
-    ) -> None:
-        """Wait until ``queue_name`` has no ready messages and none of it is in flight here.
-
-        In flight means received by a worker in this process and not yet settled;
-        retries this process scheduled for the queue count too. Idle must be seen on
-        two checks in a row, so a delivery on its way from the broker is not missed.
-
-        Args:
-            timeout: Seconds to wait at most.
-            fail_fast: Re-raise the exception of the first message of this queue that
-                failed for good in this process (with the actor's traceback).
-
-        Raises:
-            TimeoutError: ``timeout`` seconds passed first.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        idle_checks = 0
-        while True:
-            if (
-                self._in_flight.get(queue_name, 0) == 0
-                and not self._retries_pending(queue_name)
-                and await self.ready_count(queue_name) == 0
-            ):
-                idle_checks += 1
-                if idle_checks >= 2 and self._in_flight.get(queue_name, 0) == 0:
-                    break
-            else:
-                idle_checks = 0
-            if fail_fast:
-                self._raise_failure(queue_name)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"queue {queue_name!r} was not drained within {timeout} s")
-            await anyio.sleep(poll_interval)
-        if fail_fast:
-            self._raise_failure(queue_name)
-
-    async def join_all(self, *, timeout: float | None = None, fail_fast: bool = False) -> None:
-        """:meth:`join` every queue that has actors, until all are idle together."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            for queue_name in sorted(self.queue_names):
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                await self.join(queue_name, timeout=remaining, fail_fast=fail_fast)
-            # A message of one queue may have sent to another that was already joined.
-            counts = [await self.ready_count(q) for q in self.queue_names]
-            if not any(counts) and not any(self._in_flight.get(q, 0) for q in self.queue_names):
-                return
-
-    def _record_failure(self, queue_name: str, exc: BaseException) -> None:
-        failures = self._failures.get(queue_name)
-        if failures is None:
-            failures = self._failures[queue_name] = collections.deque(maxlen=100)
-        failures.append(exc)
-
-    def _raise_failure(self, queue_name: str) -> None:
-        failures = self._failures.get(queue_name)
-        if failures:
-            raise failures.popleft()
-
-    def _delivery_started(self, queue_name: str) -> None:
-        self._in_flight[queue_name] = self._in_flight.get(queue_name, 0) + 1
-
-    def _delivery_settled(self, queue_name: str) -> None:
-        self._in_flight[queue_name] -= 1
-
-    def _retry_scheduled(self, message: Message, delay: float) -> None:
-        # Wait for it until it is received here, or a while after it is due (another
-        # process may consume it).
-        grace = max(2.0, delay * 0.02)
-        self._retries_pending(message.queue_name)  # drop those long due (run elsewhere)
-        pending = self._pending_retries.setdefault(message.queue_name, {})
-        pending[message.message_id] = time.monotonic() + delay + grace
-
-    def _message_received(self, message: Message) -> None:
-        pending = self._pending_retries.get(message.queue_name)
-        if pending:
-            pending.pop(message.message_id, None)
-
-    def _retries_pending(self, queue_name: str) -> bool:
-        pending = self._pending_retries.get(queue_name)
-        if not pending:
-            return False
-        now = time.monotonic()
-        for message_id, until in list(pending.items()):
-            if until <= now:
-                del pending[message_id]
-        return bool(pending)
-
 
 def _check_delay(delay: float | None) -> None:
     if delay is not None and delay > MAX_DELAY_SECONDS:
@@ -432,22 +352,3 @@ def _check_delay(delay: float | None) -> None:
 
 def _qualname(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
-_default_broker: Broker | None = None
-
-
-def set_broker(broker: Broker) -> None:
-    """Make ``broker`` the process-wide default used by :func:`aqueue.actor`."""
-    global _default_broker
-    _default_broker = broker
-
-
-def get_broker() -> Broker:
-    """The process-wide default broker; a :class:`~aqueue.RabbitmqBroker` is made on first use."""
-    global _default_broker
-    if _default_broker is None:
-        from .brokers.rabbitmq import RabbitmqBroker
-
-        _default_broker = RabbitmqBroker()
-    return _default_broker

@@ -9,6 +9,7 @@ Every error derives from :class:`AqueueError`::
     ├── MessageDecodeError        a body that is not a valid aqueue message
     ├── BrokerError
     │   ├── BrokerConnectionError the broker cannot be reached (after bounded retries or waiting)
+    │   │   └── BrokerBlockedError RabbitMQ blocks publishing during a memory or disk alarm
     │   └── PublishError          the broker did not take a message
     │       ├── UnroutableError   no queue is bound for it (returned under ``mandatory``)
     │       └── NackedError       the broker answered the publish with a negative confirm
@@ -22,6 +23,7 @@ __all__ = [
     "ActorDefinitionError",
     "ActorNotFound",
     "AqueueError",
+    "BrokerBlockedError",
     "BrokerConnectionError",
     "BrokerError",
     "MessageDecodeError",
@@ -64,6 +66,14 @@ class BrokerError(AqueueError):
 
 class BrokerConnectionError(BrokerError, ConnectionError):
     """The broker could not be reached, or not within the allowed time."""
+
+
+class BrokerBlockedError(BrokerConnectionError):
+    """RabbitMQ blocked the publishing connection (a memory or disk alarm).
+
+    The message was handed to the connection but not confirmed within ``publish_timeout``:
+    RabbitMQ may still queue it when the alarm clears.
+    """
 
 
 class PublishError(BrokerError):

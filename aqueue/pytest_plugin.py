@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from . import broker as _broker_module
+from . import _default_broker
 from .broker import Broker, set_broker
 from .brokers.memory import InMemoryBroker
 from .brokers.rabbitmq import RabbitmqBroker
@@ -58,7 +58,7 @@ def _broker_kind(config: pytest.Config) -> str:
 
 @contextlib.contextmanager
 def _as_default_broker(broker: Broker) -> Iterator[None]:
-    previous = _broker_module._default_broker
+    previous = _default_broker.broker
     moved = [] if previous is None else list(previous.actors.values())
     for actor in moved:
         actor.broker = broker
@@ -70,7 +70,7 @@ def _as_default_broker(broker: Broker) -> Iterator[None]:
         for actor in moved:
             assert previous is not None
             actor.broker = previous
-        _broker_module._default_broker = previous
+        _default_broker.broker = previous
 
 
 if pytest_asyncio is not None:

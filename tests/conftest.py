@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import uuid
@@ -138,15 +139,24 @@ def rabbitmqctl(*args: str) -> str:
     ).stdout
 
 
-def connections_of_pid(pid: int) -> int:
-    """How many AMQP connections process ``pid`` holds (aqueue names its connection)."""
-    name = f'"aqueue {socket.gethostname()} pid {pid}"'
+def _is_aqueue_connection_of(pid: int, line: str, role: str | None = None) -> bool:
+    roles = "publish|consume|publish\\+consume" if role is None else re.escape(role)
+    pattern = f'"aqueue ({roles}) {re.escape(socket.gethostname())} pid {pid}"'
+    return re.search(pattern, line) is not None
+
+
+def connections_of_pid(pid: int, role: str | None = None) -> int:
+    """How many AMQP connections process ``pid`` holds (of ``role``: aqueue names each
+    connection ``aqueue <role> <host> pid <pid>``)."""
     out = rabbitmqctl("list_connections", "client_properties")
-    return sum(1 for line in out.splitlines() if name in line)
+    return sum(1 for line in out.splitlines() if _is_aqueue_connection_of(pid, line, role))
 
 
 def channels_of_pid(pid: int) -> int:
     """How many channels the connections of process ``pid`` have open."""
-    name = f'"aqueue {socket.gethostname()} pid {pid}"'
     out = rabbitmqctl("list_connections", "client_properties", "channels")
-    return sum(int(line.rsplit("\t", 1)[1]) for line in out.splitlines() if name in line)
+    return sum(
+        int(line.rsplit("\t", 1)[1])
+        for line in out.splitlines()
+        if _is_aqueue_connection_of(pid, line)
+    )

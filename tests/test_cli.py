@@ -149,7 +149,7 @@ def test_version() -> None:
     assert out.stdout.strip() == f"aqueue, version {aqueue.__version__}"
 
 
-async def test_worker_with_five_actors_and_eight_threads_holds_one_connection(
+async def test_worker_with_five_actors_and_eight_threads_holds_a_connection_per_role(
     project: WorkerProject,
 ) -> None:
     process = project.start("--threads", "8")
@@ -161,8 +161,11 @@ async def test_worker_with_five_actors_and_eight_threads_holds_one_connection(
         await send(project, i, 0.01 if i in (2, 4) else i)
     records = await asyncio.to_thread(project.wait_records, 5)
     assert sorted(r.split()[0] for r in records) == ["five", "four", "one", "three", "two"]
-    assert await asyncio.to_thread(connections_of_pid, process.pid) == 1
-    # One channel per queue, one for publishing, one for declaring.
+    # One connection consumes, one publishes (RabbitMQ blocks publishers during alarms).
+    assert await asyncio.to_thread(connections_of_pid, process.pid, "consume") == 1
+    assert await asyncio.to_thread(connections_of_pid, process.pid, "publish") == 1
+    assert await asyncio.to_thread(connections_of_pid, process.pid) == 2
+    # One channel per queue and one for declaring; one for publishing.
     assert await asyncio.to_thread(channels_of_pid, process.pid) == 5 + 2
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 20) == 0
@@ -212,7 +215,7 @@ async def test_second_sigint_stops_at_once_and_requeues(
     assert await rabbit.count(project.queues[2]) == 1
 
 
-async def test_processes_each_hold_one_connection_and_the_parent_none(
+async def test_processes_each_hold_two_connections_and_the_parent_none(
     project: WorkerProject,
 ) -> None:
     process = project.start("--processes", "2")
@@ -221,7 +224,7 @@ async def test_processes_each_hold_one_connection_and_the_parent_none(
     assert len(children) == 2
     assert await asyncio.to_thread(connections_of_pid, process.pid) == 0
     for child in children:
-        assert await asyncio.to_thread(connections_of_pid, child) == 1
+        assert await asyncio.to_thread(connections_of_pid, child) == 2
     for i in range(10):
         await send(project, 0, i)
     await asyncio.to_thread(project.wait_records, 10)

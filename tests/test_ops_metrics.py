@@ -139,7 +139,7 @@ async def test_reconnects_are_counted(
         pass
 
     async with aqueue.Worker(broker, queues=[queue_name]):
-        name = f"aqueue {socket.gethostname()} pid {os.getpid()}"
+        name = f"aqueue consume {socket.gethostname()} pid {os.getpid()}"
         listing = await asyncio.to_thread(
             rabbitmqctl, "list_connections", "pid", "client_properties"
         )

@@ -82,7 +82,7 @@ def test_plugin_leaves_other_suites_alone(pytester: pytest.Pytester) -> None:
 import aqueue.broker
 
 def test_default_broker_untouched():
-    assert aqueue.broker._default_broker is None
+    assert aqueue._default_broker.broker is None
 
 def test_no_event_loop_needed():
     assert 1 + 1 == 2

@@ -70,11 +70,14 @@ async def test_concurrent_first_use_opens_exactly_one_connection(
     connection = broker.connection
     assert connection is not None
     assert await asyncio.to_thread(connections_of_pid, os.getpid()) == 1
+    assert await asyncio.to_thread(connections_of_pid, os.getpid(), "publish") == 1
     async with aqueue.Worker(broker):
         for q in queues:
             await broker.join(q, timeout=20)
         assert broker.connection is connection
-        assert await asyncio.to_thread(connections_of_pid, os.getpid()) == 1
+        # Consuming adds the one connection that never publishes.
+        assert await asyncio.to_thread(connections_of_pid, os.getpid()) == 2
+        assert await asyncio.to_thread(connections_of_pid, os.getpid(), "consume") == 1
 
 
 async def test_queues_are_durable_with_dead_lettering_to_xq(

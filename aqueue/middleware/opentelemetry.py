@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -57,9 +58,7 @@ class OpenTelemetry(Middleware):
     """
 
     def __init__(self, *, tracer_provider: trace.TracerProvider | None = None) -> None:
-        from .. import __version__
-
-        self.tracer = trace.get_tracer("aqueue", __version__, tracer_provider=tracer_provider)
+        self.tracer = trace.get_tracer("aqueue", _version(), tracer_provider=tracer_provider)
         # The send span between before_enqueue and after_enqueue, which run in one task.
         self._sending: contextvars.ContextVar[tuple[Message, Span] | None] = contextvars.ContextVar(
             f"aqueue_otel_sending_{id(self)}", default=None
@@ -177,3 +176,10 @@ class OpenTelemetry(Middleware):
 def _end_with_error(span: Span, description: str) -> None:
     span.set_status(Status(StatusCode.ERROR, description))
     span.end()
+
+
+def _version() -> str:
+    try:
+        return version("aqueue")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"

@@ -89,7 +89,9 @@ class Prometheus(Middleware):
     * ``message_queue_latency_seconds``: histogram of the time from ``send()`` to the start
       of processing, for first attempts (a delay counts as waiting time).
     * ``messages_delayed_total``: messages published with a delay (retries included).
-    * ``broker_reconnects_total`` (no labels): reconnections of the worker's connection.
+    * ``broker_reconnects_total`` (no labels): reconnections of the worker's connections.
+    * ``broker_blocked`` (no labels): 1 while RabbitMQ blocks the worker's publishing
+      connection during a memory or disk alarm (sends wait, consuming goes on), else 0.
 
     Args:
         registry: Where to register the metrics (default: prometheus-client's global
@@ -121,7 +123,14 @@ class Prometheus(Middleware):
         self.skipped = counter("messages_skipped", "Messages a middleware skipped.")
         self.delayed = counter("messages_delayed", "Messages published with a delay.")
         self.reconnects = counter(
-            "broker_reconnects", "Reconnections of the worker's broker connection.", ()
+            "broker_reconnects", "Reconnections of the worker's broker connections.", ()
+        )
+        self.blocked = Gauge(
+            "broker_blocked",
+            "1 while RabbitMQ blocks the publishing connection (a memory or disk alarm).",
+            namespace=namespace,
+            registry=registry,
+            multiprocess_mode="livemax",
         )
         self.in_progress = Gauge(
             "messages_in_progress",
@@ -148,7 +157,7 @@ class Prometheus(Middleware):
             buckets=latency_buckets,
         )
         self._started: dict[int, _Started] = {}
-        self._reconnect_connections: list[Any] = []
+        self._listening: list[Callable[[], None]] = []
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -243,16 +252,16 @@ class Prometheus(Middleware):
             ):
                 counter.labels(*labels)
             self.in_progress.labels(*labels)
-        connection = getattr(broker, "connection", None)
-        callbacks = getattr(connection, "reconnect_callbacks", None)
-        if callbacks is not None:
-            callbacks.add(self._on_reconnect)
-            self._reconnect_connections.append(connection)
+        self.blocked.set(1 if broker.blocked else 0)
+        self._listening.append(broker.add_connection_listener(self._on_connection_event))
 
     async def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
-        connections, self._reconnect_connections = self._reconnect_connections, []
-        for connection in connections:
-            connection.reconnect_callbacks.discard(self._on_reconnect)
+        listening, self._listening = self._listening, []
+        for remove in listening:
+            remove()
 
-    def _on_reconnect(self, *_: Any) -> None:
-        self.reconnects.inc()
+    def _on_connection_event(self, event: str) -> None:
+        if event == "reconnected":
+            self.reconnects.inc()
+        elif event in ("blocked", "unblocked"):
+            self.blocked.set(1 if event == "blocked" else 0)
