@@ -42,7 +42,8 @@ What is measured, and how:
    messages go to every queue (so the thread pool runs), and when they are processed its
    connections and channels are counted with ``rabbitmqctl list_connections`` and
    ``rabbitmqctl list_channels``, matching the connection by the ``connection_name``
-   client property aqueue sets (``aqueue <hostname> pid <pid>``). Then the worker gets
+   client property aqueue sets (``aqueue <role> <hostname> pid <pid>``); a worker holds
+   two, one that consumes and one that publishes. Then the worker gets
    SIGTERM and must exit.
 
 Besides wall-clock throughput, every timed span also reads this process's CPU time
@@ -91,7 +92,7 @@ DEFAULT_URL = os.environ.get("AQUEUE_BROKER_URL") or "amqp://guest:guest@127.0.0
 ACTOR_NAME = "bench_noop"
 SIDES = ("aqueue", "raw")
 TARGETS = {"send": 0.85, "drain": 0.9}
-TARGET_CONNECTIONS = 1
+TARGET_CONNECTIONS = 2  # a worker: one connection consumes, one publishes
 
 log = logging.getLogger("bench_core")
 

@@ -82,7 +82,7 @@ GOALS = {
     "latency_p99_ms": 3.0,
     "idle_rss_mb": 35.0,
     "start_100_s": 2.0,
-    "connections_100": 1,
+    "connections_100": 2,  # a worker: one connection consumes, one publishes
     "blocking_efficiency": 0.95,
 }
 
