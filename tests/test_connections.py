@@ -384,3 +384,41 @@ async def test_a_lost_connection_reconnects_to_the_next_url(queue_name: str) -> 
             await wait_until(lambda: done == [1, 2], 20, "the second message, consumed again")
     finally:
         await broker.close()
+
+
+async def test_a_node_that_accepts_tcp_but_never_answers_times_out_the_handshake() -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_say_nothing(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)
+
+    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    broker = aqueue.RabbitmqBroker(
+        f"amqp://guest:guest@127.0.0.1:{port}/",
+        connect_timeout=0.5,
+        connect_attempts=2,
+        connect_retry_delay=0.1,
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(aqueue.BrokerConnectionError, match="2 attempts") as info:
+            await broker.connect()
+        assert time.monotonic() - started < 3
+        assert f"127.0.0.1:{port}" in str(info.value)
+        # With a live node after it in the list, the frozen one is skipped in time.
+        frozen_first = aqueue.RabbitmqBroker(
+            [f"amqp://guest:guest@127.0.0.1:{port}/", RABBITMQ_URL],
+            shuffle_urls=False,
+            connect_timeout=0.5,
+        )
+        started = time.monotonic()
+        await frozen_first.connect()
+        assert time.monotonic() - started < 3
+        await frozen_first.close()
+    finally:
+        await broker.close()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
