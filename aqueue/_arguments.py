@@ -145,7 +145,7 @@ class ArgumentSpec:
             return value
         try:
             return msgspec.convert(value, typ)
-        except msgspec.ValidationError as exc:
+        except (msgspec.ValidationError, RecursionError) as exc:
             raise ValidationError(f"{self._owner}(): argument {name!r}: {exc}") from None
 
 

@@ -60,8 +60,12 @@ class Message(msgspec.Struct, kw_only=True):
         """
         try:
             return _decoder.decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise MessageDecodeError(f"not a valid aqueue message: {exc}") from None
+        except Exception as exc:
+            # Not only DecodeError: a body nested deeply enough raises RecursionError, and
+            # any failure here means the same thing (the body can never be run).
+            raise MessageDecodeError(
+                f"not a valid aqueue message: {type(exc).__name__}: {exc}"
+            ) from None
 
     def asdict(self) -> dict[str, Any]:
         """The message as a plain dict of JSON-compatible values."""
