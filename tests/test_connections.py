@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 import aqueue
 from aqueue.brokers.rabbitmq import flow_control
+from aqueue.middleware.prometheus import Prometheus
 
 from .conftest import RABBITMQ_URL, RabbitAdmin, connections_of_pid, rabbitmqctl
 
@@ -81,6 +83,12 @@ async def test_consumers_and_acks_go_on_during_a_disk_alarm_that_blocks_publishi
 ) -> None:
     plain_queue, relay_queue, target_queue = (make_queue_name() for _ in range(3))
     broker = aqueue.RabbitmqBroker(RABBITMQ_URL, publish_timeout=120)
+    registry = CollectorRegistry()
+    broker.add_middleware(Prometheus(registry=registry))
+
+    def blocked_gauge() -> float | None:
+        return registry.get_sample_value("aqueue_broker_blocked")
+
     plain_runs: list[int] = []
     relayed: list[int] = []
     followed: list[int] = []
@@ -111,6 +119,7 @@ async def test_consumers_and_acks_go_on_during_a_disk_alarm_that_blocks_publishi
             async with worker:
                 await wait_until(lambda: broker.blocked, 20, "the publishing connection blocked")
                 assert "disk" in (broker.blocked_reason or "")
+                assert blocked_gauge() == 1
                 await wait_until(lambda: len(plain_runs) == 400, 30, "all 400 plain messages")
                 # Their acks went through the consuming connection during the alarm.
                 assert "disk" in await asyncio.to_thread(_alarms)
@@ -120,6 +129,7 @@ async def test_consumers_and_acks_go_on_during_a_disk_alarm_that_blocks_publishi
                 await alarm.clear()
                 await wait_until(lambda: len(followed) == 20, 60, "the 20 relayed messages")
                 await wait_until(lambda: not broker.blocked, 10, "unblocked")
+                assert blocked_gauge() == 0
                 for q in (relay_queue, target_queue, plain_queue):
                     await broker.join(q, timeout=30)
         assert sorted(plain_runs) == list(range(400))
