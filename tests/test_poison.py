@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 import aqueue
 
 from .conftest import RabbitAdmin
@@ -47,3 +49,47 @@ async def test_a_deeply_nested_body_is_undecodable_and_dead_lettered_once(
     assert sorted(letter.reason for letter in letters) == ["undecodable", "undecodable"]
     assert all("RecursionError" in (letter.error or "") for letter in letters)
     assert await rabbit.count(queue_name) == 0
+
+
+async def test_a_queue_deleted_while_consuming_keeps_the_channel_and_its_running_actors(
+    rabbitmq_broker: aqueue.RabbitmqBroker,
+    rabbit: RabbitAdmin,
+    queue_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = rabbitmq_broker
+    finished: list[int] = []
+    cancelled: list[int] = []
+
+    @broker.actor(queue_name=queue_name, concurrency=20)
+    async def slow(n: int) -> None:
+        try:
+            await asyncio.sleep(2.0 if n < 20 else 0.01)
+        except asyncio.CancelledError:
+            cancelled.append(n)
+            raise
+        finished.append(n)
+
+    await asyncio.gather(*(slow.send(i) for i in range(20)))
+    async with aqueue.Worker(broker, queues=[queue_name]):
+        deadline = time.monotonic() + 10
+        while broker._in_flight.get(queue_name, 0) < 20:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await rabbit.delete(queue_name)  # RabbitMQ cancels the consumer
+        # The worker declares the queue again and consumes it; new work runs.
+        deadline = time.monotonic() + 20
+        while True:
+            info = await broker.queue_info(queue_name)
+            if info is not None and info.consumers == 1:
+                break
+            assert time.monotonic() < deadline, "the queue was not consumed again"
+            await asyncio.sleep(0.1)
+        await asyncio.gather(*(slow.send(i) for i in range(20, 40)))
+        deadline = time.monotonic() + 20
+        while len(finished) < 40:
+            assert time.monotonic() < deadline, (sorted(finished), cancelled)
+            await asyncio.sleep(0.05)
+    assert cancelled == []
+    assert sorted(finished) == list(range(40))
+    assert "channel of queue" not in caplog.text  # the channel never closed

@@ -33,6 +33,11 @@ class _Acker:
         self._scheduled = False
         self._sender: asyncio.Future[None] | None = None
 
+    @property
+    def channel(self) -> aiormq.abc.AbstractChannel:
+        """The channel whose deliveries this acker settles."""
+        return self._channel
+
     def delivered(self, tag: int) -> None:
         self._outstanding.append(tag)
 

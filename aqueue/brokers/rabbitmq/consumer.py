@@ -83,10 +83,14 @@ class QueueConsumer:
     async def _subscribe(self) -> None:
         assert self._channel is not None
         underlay = await self._channel.get_underlay_channel()
-        # Delivery tags are per channel: a reopened channel gets an acker of its own, and
-        # deliveries of the old one keep theirs (their acks then fail quietly: RabbitMQ
-        # has already requeued them).
-        acker = self._acker = _Acker(underlay)
+        # Delivery tags are per channel, not per subscription: a new subscription on the
+        # same channel (after RabbitMQ cancelled the consumer) keeps the channel's acker, so
+        # acks stay in order and a multiple ack never covers a delivery still running. A
+        # reopened channel gets an acker of its own, and deliveries of the old one keep
+        # theirs (their acks then fail quietly: RabbitMQ has already requeued them).
+        acker = self._acker
+        if acker is None or acker.channel is not underlay:
+            acker = self._acker = _Acker(underlay)
         handler = self._handler
 
         async def on_delivery(message: DeliveredMessage) -> None:
