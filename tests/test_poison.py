@@ -9,6 +9,7 @@ import pytest
 
 import aqueue
 
+from ._proxy import FaultProxy
 from .conftest import RabbitAdmin
 
 
@@ -93,3 +94,38 @@ async def test_a_queue_deleted_while_consuming_keeps_the_channel_and_its_running
     assert cancelled == []
     assert sorted(finished) == list(range(40))
     assert "channel of queue" not in caplog.text  # the channel never closed
+
+
+async def test_a_queue_missing_at_reconnect_is_declared_and_consumed_again(
+    rabbit: RabbitAdmin, queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await FaultProxy("127.0.0.1", 5672).start()
+    broker = aqueue.RabbitmqBroker(proxy.url(), reconnect_interval=0.2)
+    done: list[int] = []
+
+    @broker.actor(queue_name=queue_name)
+    async def task(n: int) -> None:
+        done.append(n)
+
+    try:
+        async with aqueue.Worker(broker, queues=[queue_name]):
+            await task.send(1)
+            await broker.join(queue_name, timeout=10)
+            proxy.refusing = True
+            proxy.reset()  # the worker is disconnected...
+            await rabbit.delete(queue_name)  # ...while its queue goes away (a node rebuilt)
+            await asyncio.sleep(1.0)
+            proxy.refusing = False
+            deadline = time.monotonic() + 30
+            while True:
+                info = await broker.queue_info(queue_name)
+                if info is not None and info.consumers == 1:
+                    break
+                assert time.monotonic() < deadline, "the worker never consumed its queue again"
+                await asyncio.sleep(0.1)
+            await task.send(2)
+            await broker.join(queue_name, timeout=10)
+        assert done == [1, 2]
+    finally:
+        await broker.close()
+        await proxy.close()
