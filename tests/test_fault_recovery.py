@@ -1,4 +1,4 @@
-"""Bodies that blow up the decoder are dead-lettered at once, never requeued in a loop."""
+"""Faults that must neither loop nor leave a worker stuck: poison bodies, queues that vanish."""
 
 from __future__ import annotations
 
