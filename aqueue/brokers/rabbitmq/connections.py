@@ -25,10 +25,13 @@ from yarl import URL
 
 from ..._url import describe_url
 from ...errors import BrokerConnectionError
-from .errors import CONNECTION_ERRORS_OR_TIMEOUT, describe_error
+from .errors import CONNECTION_ERRORS, CONNECTION_ERRORS_OR_TIMEOUT, describe_error
 from .flow_control import watch_flow_control
 
 log = logging.getLogger("aqueue.brokers.rabbitmq")
+
+# aio-pika raises RuntimeError for a channel opened while it reconnects.
+_CHANNEL_OPEN_ERRORS: tuple[type[Exception], ...] = (RuntimeError, *CONNECTION_ERRORS)
 
 #: Roles of a connection: what its client-provided name says in RabbitMQ.
 PUBLISH, CONSUME, BOTH = "publish", "consume", "publish+consume"
@@ -213,11 +216,21 @@ class RoleConnection:
             self._channel_lock = asyncio.Lock()
         async with self._channel_lock:
             channel = self._channels.get(purpose)
-            if channel is None:
+            while channel is None:
                 connection = await self.connect()
-                channel = connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
-                await channel.initialize()
-                self._channels[purpose] = channel
+                # aio-pika refuses to open a channel while it reconnects: wait for it (the
+                # callers bound the wait).
+                await connection.connected.wait()
+                try:
+                    channel = connection.channel(
+                        publisher_confirms=confirms, on_return_raises=confirms
+                    )
+                    await channel.initialize()
+                except _CHANNEL_OPEN_ERRORS as exc:
+                    log.debug("opening a %s channel failed (%r); retrying", purpose, exc)
+                    channel = None
+                    await asyncio.sleep(0.1)
+            self._channels[purpose] = channel
         return channel
 
     async def plain_channel(self) -> aiormq.abc.AbstractChannel:

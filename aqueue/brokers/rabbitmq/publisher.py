@@ -53,9 +53,13 @@ class Publisher:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                channel = role.existing_channel("publish") or await role.channel(
-                    "publish", confirms=True
-                )
+                channel = role.existing_channel("publish")
+                if channel is None:
+                    # Shielded: a timeout must not cancel a connect other sends share.
+                    channel = await asyncio.wait_for(
+                        asyncio.shield(role.channel("publish", confirms=True)),
+                        max(remaining, 0.001),
+                    )
                 connection = role.connection
                 if (
                     waiting
