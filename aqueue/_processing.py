@@ -1,0 +1,358 @@
+"""What a worker does with one delivery: decode it, run middleware and the actor, settle it.
+
+Every delivery ends here in one of three ways: acknowledged (a success, a skip, a
+scheduled retry), dead-lettered (a final failure, or a message that cannot run: too
+large, undecodable, of an unknown actor, with invalid arguments) or requeued (the
+worker is stopping, middleware failed, the processing was cancelled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sys
+from typing import Any
+
+import anyio
+import msgspec
+
+from ._deadlines import DeadlineExceeded, Deadlines
+from ._failures import (
+    FAILED,
+    INVALID_ARGUMENTS,
+    TOO_LARGE,
+    UNDECODABLE,
+    UNKNOWN_ACTOR,
+    failure_headers,
+    now_iso,
+)
+from ._plans import QueuePlan
+from ._threads import run_in_thread
+from .broker import CORE_ACTOR_OPTIONS, Broker, Delivery
+from .context import MessageContext, _current
+from .errors import (
+    ActorNotFound,
+    MessageDecodeError,
+    TimeLimitExceeded,
+    ValidationError,
+)
+from .message import Message
+from .middleware import Middleware, SkipMessage, TimeLimit
+from .middleware.base import overrides
+
+__all__ = ["MessageProcessor", "MessageTooLarge"]
+
+# The worker's logger: what happens to messages is logged as ``aqueue.worker``.
+log = logging.getLogger("aqueue.worker")
+
+#: Counters middleware keeps in a message's options.
+_COUNTER_OPTIONS = frozenset({"retries", "redeliveries", "first_failed_at"})
+
+
+class MessageTooLarge(Exception):
+    """A delivery's body is larger than the broker's max_message_size."""
+
+
+class _NotStarted(Exception):
+    """The worker began to stop while a delivery waited for a free slot."""
+
+
+class MessageProcessor:
+    """Processes the deliveries of a worker's consumers, one ``process()`` call each.
+
+    Args:
+        broker: The worker's broker.
+        threads: Size of the thread pool for blocking actors.
+    """
+
+    def __init__(self, broker: Broker, *, threads: int) -> None:
+        self.broker = broker
+        #: Set while the worker stops: new deliveries are requeued.
+        self.stopping = False
+        self._waiting: set[anyio.CancelScope] = set()
+        self._thread_slots = anyio.CapacityLimiter(threads)
+        self._thread_pool = anyio.CapacityLimiter(threads)
+        self._before_process: list[Middleware] = []
+        self._after_process: list[Middleware] = []
+        self._after_skip: list[Middleware] = []
+        self._time_limit: TimeLimit | None = None
+        self._message_options: frozenset[str] = frozenset()
+        self._deadlines = Deadlines()
+
+    def prepare(self) -> None:
+        """Take the broker's middleware and options as they are now: when the worker starts."""
+        self.stopping = False
+        stack = self.broker.middleware
+        self._before_process = [m for m in stack if overrides(m, "before_process_message")]
+        self._after_process = [m for m in stack if overrides(m, "after_process_message")]
+        self._after_skip = [m for m in stack if overrides(m, "after_skip_message")]
+        self._time_limit = next((m for m in stack if isinstance(m, TimeLimit)), None)
+        self._message_options = self.broker.actor_options - CORE_ACTOR_OPTIONS
+
+    def stop_waiting(self) -> None:
+        """Requeue at once the deliveries that wait for a free slot (the worker stops)."""
+        for scope in list(self._waiting):
+            scope.cancel()
+
+    async def process(self, plan: QueuePlan, delivery: Delivery) -> None:
+        """Process one delivery of ``plan``'s queue, and settle it."""
+        if self.stopping:
+            await delivery.requeue()
+            return
+        actor_name: str | None = None
+        try:
+            if len(delivery.body) > self.broker.max_message_size:
+                raise MessageTooLarge(
+                    f"the body is {len(delivery.body)} bytes, more than max_message_size "
+                    f"({self.broker.max_message_size} bytes)"
+                )
+            message = Message.decode(delivery.body)
+            actor_name = message.actor_name
+            actor = self.broker.get_actor(actor_name)
+            args, kwargs = actor.arguments.decode(message.args, message.kwargs)
+            if message.options:
+                self._check_options(message)
+            if message.queue_name != plan.name:
+                # Retries and redeliveries go back to the queue the message came from.
+                message = msgspec.structs.replace(message, queue_name=plan.name)
+        except (MessageDecodeError, ActorNotFound, ValidationError, MessageTooLarge) as exc:
+            await self._reject(plan.name, delivery, exc, actor_name)
+            return
+        self.broker._message_received(message)
+        context = MessageContext(
+            broker=self.broker, message=message, actor=actor, redelivered=delivery.redelivered
+        )
+        token = _current.set(message)
+        try:
+            await self._process_context(plan, delivery, context, args, kwargs)
+        finally:
+            _current.reset(token)
+
+    def _check_options(self, message: Message) -> None:
+        """Validate the per-message options middleware will read; others are carried as is."""
+        options = message.options
+        for name, value in options.items():
+            if name in _COUNTER_OPTIONS:
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ValidationError(f"option {name!r} must be an int >= 0, not {value!r}")
+            elif name in self._message_options:
+                normalized = self.broker.normalize_options(
+                    {name: value},
+                    owner=f"message for actor {message.actor_name!r}",
+                    for_message=True,
+                )
+                options[name] = normalized[name]
+
+    async def _process_context(
+        self,
+        plan: QueuePlan,
+        delivery: Delivery,
+        context: MessageContext,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        message = context.message
+        try:
+            for m in self._before_process:
+                await m.before_process_message(context)
+        except SkipMessage as skip:
+            try:
+                await self._skip(plan, delivery, context, skip)
+            except Exception as exc:
+                await self._requeue_after_middleware_error(delivery, message, exc)
+            return
+        except Exception as exc:
+            await self._requeue_after_middleware_error(delivery, message, exc)
+            return
+
+        try:
+            context.result = await self._run(plan, context, args, kwargs)
+        except _NotStarted:
+            await delivery.requeue()
+            return
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if sys.version_info >= (3, 11) and task is not None and not task.cancelling():
+                context.exception = exc  # the actor's own CancelledError: a failure like others
+            else:
+                await delivery.requeue()
+                raise
+        except Exception as exc:
+            context.exception = exc
+
+        try:
+            for m in self._after_process:
+                await m.after_process_message(context)
+        except Exception as exc:
+            # E.g. a retry that could not be published: run the message again later.
+            await self._requeue_after_middleware_error(delivery, message, exc)
+            return
+        await self._settle(plan, delivery, context)
+
+    async def _skip(
+        self, plan: QueuePlan, delivery: Delivery, context: MessageContext, skip: SkipMessage
+    ) -> None:
+        message = context.message
+        context.skip = skip
+        for m in self._after_skip:
+            await m.after_skip_message(context)
+        if skip.dead_letter:
+            log.warning(
+                "skipped message %s of actor %s: %s",
+                message.message_id,
+                message.actor_name,
+                skip.reason,
+                extra=_fields(message),
+            )
+            headers = {
+                "x-aqueue-reason": skip.reason,
+                "x-aqueue-queue": plan.name,
+                "x-aqueue-actor": message.actor_name,
+                "x-aqueue-failed-at": now_iso(),
+                **context.failure_headers,
+            }
+            await self._dead_letter(plan.name, delivery, headers, message.message_id)
+        else:
+            await delivery.ack()
+
+    async def _requeue_after_middleware_error(
+        self, delivery: Delivery, message: Message, exc: Exception
+    ) -> None:
+        log.error(
+            "middleware failed on message %s (%s: %s); requeueing it",
+            message.message_id,
+            type(exc).__name__,
+            exc,
+            extra=_fields(message),
+        )
+        await anyio.sleep(1.0)  # no hot loop while, say, the broker cannot take a retry
+        await delivery.requeue()
+
+    async def _settle(self, plan: QueuePlan, delivery: Delivery, context: MessageContext) -> None:
+        """Ack a success or a scheduled retry; dead-letter a final failure."""
+        message = context.message
+        failure = context.exception
+        if failure is None:
+            await delivery.ack()
+            return
+        retried = context.retry_scheduled
+        log.error(
+            "actor %s failed on message %s: %s: %s%s",
+            message.actor_name,
+            message.message_id,
+            type(failure).__name__,
+            failure,
+            "; retry scheduled" if retried else "; dead-lettered",
+            extra=_fields(message),
+        )
+        log.debug("traceback of message %s", message.message_id, exc_info=failure)
+        if retried:
+            await delivery.ack()
+            return
+        headers = failure_headers(
+            FAILED, failure, queue_name=plan.name, actor_name=message.actor_name
+        )
+        headers.update(context.failure_headers)
+        await self._dead_letter(plan.name, delivery, headers, message.message_id)
+        self.broker._record_failure(plan.name, failure)
+
+    async def _run(
+        self,
+        plan: QueuePlan,
+        context: MessageContext,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        actor = context.actor
+        time_limit = None if self._time_limit is None else self._time_limit.limit_for(context)
+        limiter = plan.limiters.get(actor.actor_name)
+        if limiter is not None:
+            await self._acquire(limiter)
+        try:
+            if actor.is_async:
+                if time_limit is None:
+                    return await actor.fn(*args, **kwargs)
+                try:
+                    return await self._deadlines.run(actor.fn(*args, **kwargs), time_limit)
+                except DeadlineExceeded:
+                    raise _time_limit_exceeded(actor.actor_name, time_limit) from None
+            await self._acquire(self._thread_slots)
+            try:
+                call = functools.partial(actor.fn, *args, **kwargs)
+                try:
+                    return await run_in_thread(
+                        call, limiter=self._thread_pool, time_limit=time_limit
+                    )
+                except TimeLimitExceeded:
+                    raise _time_limit_exceeded(actor.actor_name, time_limit) from None
+            finally:
+                self._thread_slots.release()
+        finally:
+            if limiter is not None:
+                limiter.release()
+
+    async def _acquire(self, limiter: anyio.CapacityLimiter) -> None:
+        """Take a slot; raise _NotStarted if the worker starts stopping meanwhile."""
+        try:
+            limiter.acquire_nowait()
+            return
+        except anyio.WouldBlock:
+            pass
+        with anyio.CancelScope() as scope:
+            self._waiting.add(scope)
+            try:
+                await limiter.acquire()
+            finally:
+                self._waiting.discard(scope)
+        if scope.cancelled_caught:
+            raise _NotStarted
+
+    async def _reject(
+        self, queue_name: str, delivery: Delivery, exc: Exception, actor_name: str | None
+    ) -> None:
+        reason = (
+            TOO_LARGE
+            if isinstance(exc, MessageTooLarge)
+            else UNDECODABLE
+            if isinstance(exc, MessageDecodeError)
+            else UNKNOWN_ACTOR
+            if isinstance(exc, ActorNotFound)
+            else INVALID_ARGUMENTS
+        )
+        log.error(
+            "rejected a message from queue %s (%s): %s",
+            queue_name,
+            reason,
+            exc,
+            extra={"queue": queue_name, "actor": actor_name},
+        )
+        headers = failure_headers(reason, exc, queue_name=queue_name, actor_name=actor_name)
+        await self._dead_letter(queue_name, delivery, headers, None)
+
+    async def _dead_letter(
+        self, queue_name: str, delivery: Delivery, headers: dict[str, str], message_id: str | None
+    ) -> None:
+        try:
+            await self.broker.dead_letter(queue_name, delivery, headers)
+        except Exception as exc:
+            log.warning(
+                "could not dead-letter message %s of queue %s (%s); requeueing it",
+                message_id or "(undecodable)",
+                queue_name,
+                exc,
+            )
+            await anyio.sleep(1.0)  # no hot loop if the dead-letter queue stays unreachable
+            await delivery.requeue()
+
+
+def _time_limit_exceeded(actor_name: str, limit: float | None) -> TimeLimitExceeded:
+    return TimeLimitExceeded(f"actor {actor_name} exceeded its time limit of {limit} s")
+
+
+def _fields(message: Message) -> dict[str, str]:
+    return {
+        "message_id": message.message_id,
+        "actor": message.actor_name,
+        "queue": message.queue_name,
+    }

@@ -1,0 +1,120 @@
+"""The operator commands that look at queues and send: ``queues``, ``send`` and ``check``.
+
+Thin click commands: the work is in ``aqueue._admin`` (operations) and
+``aqueue._admin_format`` (tables), run through ``_operator.operate``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .. import _admin, _admin_format
+from .._admin import AdminError
+from .._loading import LoadError
+from ..brokers.rabbitmq import RabbitmqBroker
+from ._common import DURATION, EXIT_USAGE_ERROR, fail
+from ._operator import broker_option, echo_json, json_option, operate, operator_broker
+
+__all__ = ["check", "queues", "send"]
+
+
+@click.command()
+@click.argument("queue_names", nargs=-1, metavar="[QUEUE ...]")
+@broker_option
+@json_option
+def queues(queue_names: tuple[str, ...], broker_spec: str | None, as_json: bool) -> None:
+    """Ready messages, consumers and dead letters of each QUEUE.
+
+    Without QUEUE names, the queues of the actors of --broker's module. Counts come
+    from passive declares: no management plugin needed. A queue that does not
+    exist is shown as missing.
+    """
+    broker = operator_broker(broker_spec)
+    try:
+        names = _admin.queue_names_of(broker, queue_names)
+    except AdminError as exc:
+        fail(str(exc), exc.exit_code)
+
+    async def work() -> list[_admin.QueueRow]:
+        try:
+            return await _admin.queue_rows(broker, names)
+        finally:
+            await broker.close()
+
+    rows = operate(work)
+    if as_json:
+        echo_json([row.asdict() for row in rows])
+    else:
+        click.echo(_admin_format.queues_table(rows))
+
+
+@click.command()
+@click.argument("actor_spec", metavar="MODULE:ACTOR")
+@click.option("--args", "args_json", metavar="JSON", help="Positional arguments, a JSON array.")
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments, a JSON object.")
+@click.option(
+    "--options",
+    "options_json",
+    metavar="JSON",
+    help="Message options, a JSON object: '{\"max_retries\": 0}'.",
+)
+@click.option("--delay", type=DURATION, default=None, help="Deliver after this long: 30s, 5m, 90.")
+def send(
+    actor_spec: str,
+    args_json: str | None,
+    kwargs_json: str | None,
+    options_json: str | None,
+    delay: float | None,
+) -> None:
+    """Send a message to the actor MODULE:ACTOR, checked against its signature like send().
+
+    The message goes through the actor's own broker. Prints the message id.
+    """
+    try:
+        actor = _admin.load_actor(actor_spec)
+        args = _admin.parse_json("--args", args_json, list)
+        kwargs = _admin.parse_json("--kwargs", kwargs_json, dict)
+        options = _admin.parse_json("--options", options_json, dict)
+    except LoadError as exc:
+        fail(str(exc), EXIT_USAGE_ERROR)
+    except AdminError as exc:
+        fail(str(exc), exc.exit_code)
+    if isinstance(actor.broker, RabbitmqBroker):
+        actor.broker.connect_attempts = min(actor.broker.connect_attempts, 2)
+
+    async def work() -> Any:
+        return await _admin.send(actor, args=args, kwargs=kwargs, options=options, delay=delay)
+
+    message = operate(work)
+    click.echo(f"sent {message.message_id} to {message.queue_name}")
+
+
+@click.command()
+@click.argument("queue_names", nargs=-1, metavar="[QUEUE ...]")
+@broker_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the broker.",
+)
+def check(queue_names: tuple[str, ...], broker_spec: str | None, timeout: float) -> None:
+    """Exit 0 if the broker answers and the topology is in place; else 1 with the reason.
+
+    Checks the queues of --broker's actors and the QUEUEs named, their dead-letter
+    queues and the delay delivery exchange, with passive declares (nothing is created).
+    For container health checks.
+    """
+    broker = operator_broker(broker_spec, attempts=1)
+
+    async def work() -> None:
+        try:
+            await _admin.check(broker, queue_names, timeout=timeout)
+        finally:
+            await broker.close()
+
+    operate(work)
+    click.echo("ok")
