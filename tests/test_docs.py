@@ -693,7 +693,8 @@ def test_deployment_numbers_are_the_code_defaults() -> None:
     worker = aqueue.Worker(aqueue.InMemoryBroker())
     assert f"`--shutdown-timeout` seconds ({worker.shutdown_timeout:.0f} by default)" in page
     broker = aqueue.RabbitmqBroker()
-    assert "every second (`reconnect_interval`)" in page and broker.reconnect_interval == 1.0
+    assert "`reconnect_interval` (1 s)" in page and broker.reconnect_interval == 1.0
+    assert "`connect_timeout` (10 s)" in page and broker.connect_timeout == 10.0
     assert f"`publish_timeout` ({broker.publish_timeout:.0f} s)" in page
     for url in re.findall(r"amqps?://[^'\s`]+", page):
         aqueue.RabbitmqBroker(url)  # a valid URL, e.g. with ?heartbeat=

@@ -227,10 +227,11 @@ async def test_amqps_with_the_ca_file_sends_and_consumes_over_tls(
         async with aqueue.Worker(broker, queues=[queue_name]):
             await broker.join(queue_name, timeout=20)
         assert done == ["over tls"]
-        assert proxy.accepted == 1  # one connection for sending and consuming, through TLS
-        assert broker.connection is not None
-        assert broker.connection.url.scheme == "amqps"
-        assert broker.connection.url.port == proxy.port
+        assert proxy.accepted == 2  # one connection sends, one consumes, both through TLS
+        for connection in (broker.connection, broker.consuming_connection):
+            assert connection is not None
+            assert connection.url.scheme == "amqps"
+            assert connection.url.port == proxy.port
     finally:
         await broker.close()
 
