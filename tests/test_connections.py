@@ -432,3 +432,15 @@ async def test_a_node_that_accepts_tcp_but_never_answers_times_out_the_handshake
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_vhost_that_does_not_exist_is_one_clear_error() -> None:
+    url = re.sub(r"/[^/]*$", "/no-such-vhost", RABBITMQ_URL.rstrip("/") + "/")
+    broker = aqueue.RabbitmqBroker(url, connect_attempts=3)
+    started = time.monotonic()
+    with pytest.raises(aqueue.BrokerConnectionError) as info:
+        await broker.connect()
+    assert time.monotonic() - started < 3  # not retried: it will not get better
+    message = str(info.value)
+    assert "'no-such-vhost'" in message and "does not exist" in message
+    assert "\n" not in message and "guest:guest" not in message

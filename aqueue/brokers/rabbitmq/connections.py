@@ -179,6 +179,18 @@ class RoleConnection:
                 raise BrokerConnectionError(
                     f"RabbitMQ at {node} refused the credentials: {exc}"
                 ) from None
+            except aiormq.exceptions.InvalidFrameError as exc:
+                await _close_quietly(connection)
+                if "Connection.Close" not in str(exc):
+                    raise
+                # RabbitMQ answers connection.open with connection.close (aiormq keeps no
+                # reply text): the vhost is missing or the user may not use it.
+                url = self._urls[index]
+                raise BrokerConnectionError(
+                    f"RabbitMQ at {node} refused to open vhost {url.path[1:] or '/'!r} for user "
+                    f"{url.user or 'guest'!r}: the vhost does not exist or the user has no "
+                    "permissions on it (rabbitmqctl list_vhosts, list_permissions)"
+                ) from None
             except CONNECTION_ERRORS_OR_TIMEOUT as exc:
                 await _close_quietly(connection)
                 reason = describe_error(exc)
