@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import sys
+import time
 from typing import Any
 
 import anyio
@@ -153,6 +154,7 @@ class MessageProcessor:
         kwargs: dict[str, Any],
     ) -> None:
         message = context.message
+        started = time.perf_counter() if log.isEnabledFor(logging.DEBUG) else 0.0
         try:
             for m in self._before_process:
                 await m.before_process_message(context)
@@ -189,6 +191,22 @@ class MessageProcessor:
             await self._requeue_after_middleware_error(delivery, message, exc)
             return
         await self._settle(plan, delivery, context)
+        if started:
+            outcome = (
+                "succeeded"
+                if context.exception is None
+                else "failed, retry scheduled"
+                if context.retry_scheduled
+                else "failed, dead-lettered"
+            )
+            log.debug(
+                "message %s of actor %s %s in %.1f ms",
+                message.message_id,
+                message.actor_name,
+                outcome,
+                (time.perf_counter() - started) * 1000,
+                extra=_fields(message),
+            )
 
     async def _skip(
         self, plan: QueuePlan, delivery: Delivery, context: MessageContext, skip: SkipMessage

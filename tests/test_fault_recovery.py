@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
@@ -129,3 +130,29 @@ async def test_a_queue_missing_at_reconnect_is_declared_and_consumed_again(
     finally:
         await broker.close()
         await proxy.close()
+
+
+async def test_each_processed_message_is_one_debug_line_and_nothing_at_info(
+    rabbitmq_broker: aqueue.RabbitmqBroker, queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = rabbitmq_broker
+
+    @broker.actor(queue_name=queue_name, max_retries=0)
+    async def task(n: int) -> None:
+        if n == 2:
+            raise ValueError("two")
+
+    for n in (1, 2):
+        await task.send(n)
+    caplog.set_level("DEBUG", logger="aqueue.worker")
+    async with aqueue.Worker(broker, queues=[queue_name]):
+        await broker.join(queue_name, timeout=10)
+    lines = [
+        r for r in caplog.records if r.name == "aqueue.worker" and "of actor task" in r.message
+    ]
+    assert len(lines) == 2 and all(r.levelname == "DEBUG" for r in lines)
+    outcomes = sorted(
+        re.sub(r".* of actor task (.*) in [0-9.]+ ms$", r"\1", r.message) for r in lines
+    )
+    assert outcomes == ["failed, dead-lettered", "succeeded"]
+    assert all(r.message.endswith(" ms") for r in lines)
