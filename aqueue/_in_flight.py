@@ -17,8 +17,14 @@ class InFlightTracking(abc.ABC):
     def __init__(self) -> None:
         # Deliveries of each queue being processed in this process; join() waits for them.
         self._in_flight: dict[str, int] = {}
-        # Retries this process scheduled, by queue: message id -> when to stop waiting.
-        self._pending_retries: dict[str, dict[str, float]] = {}
+        # What this process put back in flight (retries, counted redeliveries, requeues,
+        # give-backs), by queue: message id -> when to stop waiting for it if it is not
+        # received here again (another process took it).
+        self._coming_back: dict[str, dict[str, float]] = {}
+        self._anonymous = 0  # put back without a message id
+        # Whether join() also waits for the delayed messages this process sends (they are
+        # put back too): set by the pytest plugin, so a drain waits for them on RabbitMQ.
+        self._join_waits_for_delays = False
         # Exceptions of messages that failed for good here, by queue, for join(fail_fast=True).
         self._failures: dict[str, collections.deque[BaseException]] = {}
 
@@ -41,9 +47,11 @@ class InFlightTracking(abc.ABC):
     ) -> None:
         """Wait until ``queue_name`` has no ready messages and none of it is in flight here.
 
-        In flight means received by a worker in this process and not yet settled;
-        retries this process scheduled for the queue count too. Idle must be seen on
-        two checks in a row, so a delivery on its way from the broker is not missed.
+        In flight means received by a worker in this process and not yet settled. What
+        this process put back for the queue counts too until it is received here again
+        (or a moment after it was due): retries, counted redeliveries, requeues and
+        messages a stopping worker gave back. Idle must be seen on two checks in a row,
+        so a delivery on its way from the broker is not missed.
 
         Args:
             timeout: Seconds to wait at most.
@@ -58,7 +66,7 @@ class InFlightTracking(abc.ABC):
         while True:
             if (
                 self._in_flight.get(queue_name, 0) == 0
-                and not self._retries_pending(queue_name)
+                and not self._coming_back_to(queue_name)
                 and await self.ready_count(queue_name) == 0
             ):
                 idle_checks += 1
@@ -83,7 +91,9 @@ class InFlightTracking(abc.ABC):
                 await self.join(queue_name, timeout=remaining, fail_fast=fail_fast)
             # A message of one queue may have sent to another that was already joined.
             counts = [await self.ready_count(q) for q in self.queue_names]
-            if not any(counts) and not any(self._in_flight.get(q, 0) for q in self.queue_names):
+            if not any(counts) and not any(
+                self._in_flight.get(q, 0) or self._coming_back_to(q) for q in self.queue_names
+            ):
                 return
 
     def _record_failure(self, queue_name: str, exc: BaseException) -> None:
@@ -104,20 +114,33 @@ class InFlightTracking(abc.ABC):
         self._in_flight[queue_name] -= 1
 
     def _retry_scheduled(self, message: Message, delay: float) -> None:
-        # Wait for it until it is received here, or a while after it is due (another
-        # process may consume it).
+        """A retry (or a counted redelivery) of ``message`` is due in ``delay`` seconds."""
+        self._put_back(message.queue_name, message.message_id, delay)
+
+    def _delay_scheduled(self, message: Message, delay: float | None) -> None:
+        """``message`` was sent with a delay: join waits for it if asked to."""
+        if delay and self._join_waits_for_delays:
+            self._put_back(message.queue_name, message.message_id, delay)
+
+    def _put_back(self, queue_name: str, message_id: str | None, delay: float = 0.0) -> None:
+        """Wait for the message in join until it is received here again, or a while after
+        it is due (another process may consume it)."""
+        if message_id is None:  # not an aqueue message: wait the grace period only
+            self._anonymous += 1
+            message_id = f"\0anonymous-{self._anonymous}"
         grace = max(2.0, delay * 0.02)
-        self._retries_pending(message.queue_name)  # drop those long due (run elsewhere)
-        pending = self._pending_retries.setdefault(message.queue_name, {})
-        pending[message.message_id] = time.monotonic() + delay + grace
+        self._coming_back_to(queue_name)  # drop those long due (run elsewhere)
+        pending = self._coming_back.setdefault(queue_name, {})
+        pending[message_id] = time.monotonic() + delay + grace
 
     def _message_received(self, message: Message) -> None:
-        pending = self._pending_retries.get(message.queue_name)
+        pending = self._coming_back.get(message.queue_name)
         if pending:
             pending.pop(message.message_id, None)
 
-    def _retries_pending(self, queue_name: str) -> bool:
-        pending = self._pending_retries.get(queue_name)
+    def _coming_back_to(self, queue_name: str) -> bool:
+        """Whether something this process put back for ``queue_name`` is still awaited."""
+        pending = self._coming_back.get(queue_name)
         if not pending:
             return False
         now = time.monotonic()

@@ -1,9 +1,10 @@
 """What a worker does with one delivery: decode it, run middleware and the actor, settle it.
 
-Every delivery ends here in one of three ways: acknowledged (a success, a skip, a
+Every delivery ends here in one of four ways: acknowledged (a success, a skip, a
 scheduled retry), dead-lettered (a final failure, or a message that cannot run: too
-large, undecodable, of an unknown actor, with invalid arguments) or requeued (the
-worker is stopping, middleware failed, the processing was cancelled).
+large, undecodable, of an unknown actor, with invalid arguments), given back (the
+worker is stopping before it finished: published again uncounted, then acked) or
+requeued (middleware failed). What is given back or requeued counts for ``join``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ class MessageTooLarge(Exception):
     """A delivery's body is larger than the broker's max_message_size."""
 
 
+#: The dead-letter reason of a delivery that cannot run, by exception (else invalid-arguments).
+_REJECTED = (
+    (MessageTooLarge, TOO_LARGE),
+    (MessageDecodeError, UNDECODABLE),
+    (ActorNotFound, UNKNOWN_ACTOR),
+)
+
+
 class _NotStarted(Exception):
     """The worker began to stop while a delivery waited for a free slot."""
 
@@ -69,7 +78,7 @@ class MessageProcessor:
 
     def __init__(self, broker: Broker, *, threads: int) -> None:
         self.broker = broker
-        #: Set while the worker stops: new deliveries are requeued.
+        #: Set while the worker stops: new deliveries are given back.
         self.stopping = False
         self._waiting: set[anyio.CancelScope] = set()
         self._thread_slots = anyio.CapacityLimiter(threads)
@@ -92,15 +101,36 @@ class MessageProcessor:
         self._message_options = self.broker.actor_options - CORE_ACTOR_OPTIONS
 
     def stop_waiting(self) -> None:
-        """Requeue at once the deliveries that wait for a free slot (the worker stops)."""
+        """Give back at once the deliveries that wait for a free slot (the worker stops)."""
         for scope in list(self._waiting):
             scope.cancel()
 
     async def process(self, plan: QueuePlan, delivery: Delivery) -> None:
         """Process one delivery of ``plan``'s queue, and settle it."""
-        if self.stopping:
+        try:
+            if self.stopping:
+                await self._put_back(plan.name, delivery)
+            else:
+                await self._process(plan, delivery)
+        except asyncio.CancelledError:
+            # A stop that ran out of time (a no-op if the delivery was settled already).
+            await self._put_back(plan.name, delivery)
+            raise
+
+    async def _put_back(self, queue_name: str, delivery: Delivery) -> None:
+        """Requeue a delivery; give it back uncounted by the redelivery limit if stopping."""
+        self.broker._put_back(queue_name, delivery.message_id)
+        if not self.stopping:
             await delivery.requeue()
             return
+        giving = asyncio.ensure_future(self.broker.give_back(queue_name, delivery))
+        try:
+            await asyncio.shield(giving)
+        except asyncio.CancelledError:
+            await giving  # a forced stop: a publish left half done could duplicate it
+            raise
+
+    async def _process(self, plan: QueuePlan, delivery: Delivery) -> None:
         actor_name: str | None = None
         try:
             if len(delivery.body) > self.broker.max_message_size:
@@ -162,24 +192,23 @@ class MessageProcessor:
             try:
                 await self._skip(plan, delivery, context, skip)
             except Exception as exc:
-                await self._requeue_after_middleware_error(delivery, message, exc)
+                await self._requeue_after_middleware_error(plan, delivery, message, exc)
             return
         except Exception as exc:
-            await self._requeue_after_middleware_error(delivery, message, exc)
+            await self._requeue_after_middleware_error(plan, delivery, message, exc)
             return
 
         try:
             context.result = await self._run(plan, context, args, kwargs)
         except _NotStarted:
-            await delivery.requeue()
+            await self._put_back(plan.name, delivery)
             return
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if sys.version_info >= (3, 11) and task is not None and not task.cancelling():
                 context.exception = exc  # the actor's own CancelledError: a failure like others
             else:
-                await delivery.requeue()
-                raise
+                raise  # a stop that ran out of time: process() gives the delivery back
         except Exception as exc:
             context.exception = exc
 
@@ -188,7 +217,7 @@ class MessageProcessor:
                 await m.after_process_message(context)
         except Exception as exc:
             # E.g. a retry that could not be published: run the message again later.
-            await self._requeue_after_middleware_error(delivery, message, exc)
+            await self._requeue_after_middleware_error(plan, delivery, message, exc)
             return
         await self._settle(plan, delivery, context)
         if started:
@@ -235,7 +264,7 @@ class MessageProcessor:
             await delivery.ack()
 
     async def _requeue_after_middleware_error(
-        self, delivery: Delivery, message: Message, exc: Exception
+        self, plan: QueuePlan, delivery: Delivery, message: Message, exc: Exception
     ) -> None:
         log.error(
             "middleware failed on message %s (%s: %s); requeueing it",
@@ -245,7 +274,7 @@ class MessageProcessor:
             extra=_fields(message),
         )
         await anyio.sleep(1.0)  # no hot loop while, say, the broker cannot take a retry
-        await delivery.requeue()
+        await self._put_back(plan.name, delivery)
 
     async def _settle(self, plan: QueuePlan, delivery: Delivery, context: MessageContext) -> None:
         """Ack a success or a scheduled retry; dead-letter a final failure."""
@@ -329,15 +358,7 @@ class MessageProcessor:
     async def _reject(
         self, queue_name: str, delivery: Delivery, exc: Exception, actor_name: str | None
     ) -> None:
-        reason = (
-            TOO_LARGE
-            if isinstance(exc, MessageTooLarge)
-            else UNDECODABLE
-            if isinstance(exc, MessageDecodeError)
-            else UNKNOWN_ACTOR
-            if isinstance(exc, ActorNotFound)
-            else INVALID_ARGUMENTS
-        )
+        reason = next((r for t, r in _REJECTED if isinstance(exc, t)), INVALID_ARGUMENTS)
         log.error(
             "rejected a message from queue %s (%s): %s",
             queue_name,
@@ -361,7 +382,7 @@ class MessageProcessor:
                 exc,
             )
             await anyio.sleep(1.0)  # no hot loop if the dead-letter queue stays unreachable
-            await delivery.requeue()
+            await self._put_back(queue_name, delivery)
 
 
 def _time_limit_exceeded(actor_name: str, limit: float | None) -> TimeLimitExceeded:

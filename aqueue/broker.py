@@ -45,6 +45,10 @@ class Delivery(Protocol):
     @property
     def redelivered(self) -> bool: ...
 
+    @property
+    def message_id(self) -> str | None:
+        """The message id the publisher set (the AMQP property), if any."""
+
     async def ack(self) -> None:
         """Tell the broker the message is done with."""
 
@@ -236,6 +240,7 @@ class Broker(InFlightTracking):
         for m in self.middleware:
             await m.before_enqueue(self, message, delay)
         await self._publish_message(message, delay)
+        self._delay_scheduled(message, delay)
         for m in self.middleware:
             await m.after_enqueue(self, message, delay)
         return message
@@ -259,6 +264,7 @@ class Broker(InFlightTracking):
             if isinstance(result, BaseException):
                 raise result
         for message in messages:
+            self._delay_scheduled(message, delay)
             for m in self.middleware:
                 await m.after_enqueue(self, message, delay)
         return messages
@@ -336,6 +342,16 @@ class Broker(InFlightTracking):
         self, queue_name: str, delivery: Delivery, reason: dict[str, str]
     ) -> None:
         """Move a delivery to the dead-letter queue of ``queue_name`` with ``reason`` headers."""
+
+    @abc.abstractmethod
+    async def give_back(self, queue_name: str, delivery: Delivery) -> None:
+        """Return a delivery a stopping worker did not finish, uncounted, to ``queue_name``.
+
+        The same body, message id and headers are published to the queue again,
+        confirmed, and then the delivery is acked: the copy is not marked redelivered,
+        so the redelivery limit does not count a graceful stop. If that publish
+        fails, the delivery is requeued instead. A settled delivery is left alone.
+        """
 
     @abc.abstractmethod
     async def ready_count(self, queue_name: str) -> int:

@@ -10,8 +10,8 @@ not affected:
   it for the test, so application code runs unchanged.
 * ``aqueue_worker``: a running :class:`~aqueue.Worker` for ``aqueue_broker``.
 * ``aqueue_drain``: ``await aqueue_drain()`` waits until every queue is idle, re-raising
-  the first actor failure; with the in-memory broker delays and retry backoffs are
-  skipped.
+  the first actor failure. It waits for the delayed messages the test sent, and for
+  retries; with the in-memory broker delays and retry backoffs are skipped.
 """
 
 from __future__ import annotations
@@ -83,6 +83,9 @@ if pytest_asyncio is not None:
             broker = RabbitmqBroker()
         else:
             broker = InMemoryBroker()
+        # Its join also waits for the delayed messages this test sends (RabbitMQ holds them
+        # out of the queue meanwhile), so aqueue_drain() does.
+        broker._join_waits_for_delays = True
         with _as_default_broker(broker):
             try:
                 yield broker

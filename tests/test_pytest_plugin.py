@@ -49,6 +49,12 @@ async def test_retry_backoff_is_skipped_in_memory(aqueue_broker, aqueue_worker, 
     assert ("sent", "flaky@example.com") in tasks.results  # retried without waiting an hour
 
 
+async def test_a_delayed_message_is_waited_for(aqueue_broker, aqueue_worker, aqueue_drain):
+    await tasks.send_email.send_with_options(args=("later@example.com",), delay=2)
+    await aqueue_drain()  # in memory the delay is skipped; on RabbitMQ it is waited for
+    assert ("sent", "later@example.com") in tasks.results
+
+
 async def test_failures_surface_in_the_test(aqueue_broker, aqueue_worker, aqueue_drain):
     await tasks.broken.send(3)
     with pytest.raises(ValueError, match="bad 3"):
@@ -71,9 +77,9 @@ def test_plugin_fixtures_in_a_fresh_project(
     monkeypatch.setenv("AQUEUE_BROKER_URL", RABBITMQ_URL)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--aqueue-broker={kind}")
     if kind == "rabbitmq":
-        result.assert_outcomes(passed=3, skipped=1)
+        result.assert_outcomes(passed=4, skipped=1)
     else:
-        result.assert_outcomes(passed=4)
+        result.assert_outcomes(passed=5)
 
 
 def test_plugin_leaves_other_suites_alone(pytester: pytest.Pytester) -> None:

@@ -205,10 +205,10 @@ class InMemoryBroker(Broker):
         finally:
             self._fast_forward_depth -= enabled
 
-    def _retries_pending(self, queue_name: str) -> bool:
+    def _coming_back_to(self, queue_name: str) -> bool:
         if self._fast_forward_depth:
             self._release_due(float("inf"))
-        return super()._retries_pending(queue_name)
+        return super()._coming_back_to(queue_name)
 
     @property
     def delayed_count(self) -> int:
@@ -235,6 +235,15 @@ class InMemoryBroker(Broker):
         self._queue(queue_name).dead.append(
             DeadLetter(body=envelope.body, headers=dict(reason), message_id=envelope.message_id)
         )
+        await delivery.ack()
+
+    async def give_back(self, queue_name: str, delivery: Delivery) -> None:
+        """Put a copy of the delivery at the end of ``queue_name``, not redelivered; ack it."""
+        assert isinstance(delivery, _MemoryDelivery)
+        if delivery.settled:
+            return
+        envelope = delivery.envelope
+        self._put(queue_name, _Envelope(envelope.body, envelope.message_id, dict(envelope.headers)))
         await delivery.ack()
 
     async def dead_letters(self, queue_name: str, *, limit: int = 100) -> list[DeadLetter]:
@@ -300,6 +309,14 @@ class _MemoryDelivery:
     @property
     def redelivered(self) -> bool:
         return self.envelope.redelivered
+
+    @property
+    def message_id(self) -> str | None:
+        return self.envelope.message_id
+
+    @property
+    def settled(self) -> bool:
+        return self._settled or self._consumer.closed  # a closed consumer gave it back
 
     async def ack(self) -> None:
         if self._settle():

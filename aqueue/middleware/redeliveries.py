@@ -30,8 +30,9 @@ class Redeliveries(Middleware):
     the worker are redelivered too and counted; the jittered wait separates them from
     it, so they normally finish before reaching the limit.
 
-    A redelivery after a graceful requeue (a worker stopping) counts too, so keep
-    the limit well above the number of restarts one message may see.
+    A graceful stop does not count: the worker gives its unfinished messages back as
+    new publishes (``Broker.give_back``), not marked redelivered. It counts only if
+    that publish failed and the message was requeued instead.
 
     Actor option (per message too):
         max_redeliveries: Redeliveries allowed (default 5); None for no limit.
@@ -71,4 +72,5 @@ class Redeliveries(Middleware):
         # message (they were in flight with it) drift apart from it instead of dying again.
         delay = min(MAX_REDELIVERY_DELAY, 2.0**count * random.uniform(0.5, 1.0))
         await context.broker.enqueue(counted, delay=delay)
+        context.broker._retry_scheduled(counted, delay)  # join() waits for it
         raise SkipMessage("redelivered", dead_letter=False)

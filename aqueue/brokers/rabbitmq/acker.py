@@ -5,13 +5,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from typing import Any, Protocol
 
 import aiormq
 from aiormq.abc import DeliveredMessage
 
-from .errors import CONNECTION_ERRORS
+from .errors import CONNECTION_ERRORS, describe_error
 
 log = logging.getLogger("aqueue.brokers.rabbitmq")
+
+#: Seconds a give-back waits for its confirm before it requeues instead: a stop must not wait
+#: for a lost connection to come back (RabbitMQ requeues the delivery with it anyway).
+GIVE_BACK_TIMEOUT = 5.0
+
+
+class Publish(Protocol):
+    """The broker's confirmed publish (``RabbitmqBroker.publish``)."""
+
+    async def __call__(
+        self, routing_key: str, body: bytes, *, message_id: str, headers: dict[str, Any] | None
+    ) -> None: ...
 
 
 class _Acker:
@@ -137,3 +150,32 @@ class _RabbitmqDelivery:
         if not self._settled:
             self._settled = True
             await self._acker.requeue(self._tag)
+
+    async def give_back(self, queue_name: str, publish: Publish, *, can_publish: bool) -> None:
+        """Publish the message to ``queue_name`` again (same body, message id and headers)
+        and ack it once confirmed: a new message, not a redelivery. Requeue it instead if
+        the publish fails or would wait (``can_publish`` False: the publishing connection
+        is down or blocked by a resource alarm)."""
+        if self._settled:
+            return
+        message_id = self.message_id
+        # On a closed channel RabbitMQ has requeued the message already: a copy would double it.
+        if message_id is not None and can_publish and not self._acker.channel.is_closed:
+            headers = dict(self._message.header.properties.headers or {})
+            headers.pop("x-delivery-count", None)  # a quorum queue's count of deliveries
+            try:
+                await asyncio.wait_for(
+                    publish(queue_name, self.body, message_id=message_id, headers=headers),
+                    GIVE_BACK_TIMEOUT,
+                )
+            except Exception as exc:  # the timeout too
+                log.warning(
+                    "could not give message %s back to queue %s (%s); requeueing it",
+                    message_id,
+                    queue_name,
+                    describe_error(exc),
+                )
+            else:
+                await self.ack()
+                return
+        await self.requeue()

@@ -302,6 +302,17 @@ class RabbitmqBroker(Broker):
         self._consumers.append(consumer)
         return consumer
 
+    async def give_back(self, queue_name: str, delivery: Delivery) -> None:
+        """Publish the delivery to ``queue_name`` again (same body, message id and headers),
+        confirmed, then ack it; requeue it if that fails or could not be done at once (the
+        publishing connection down, or blocked by a resource alarm)."""
+        assert isinstance(delivery, _RabbitmqDelivery)
+        connection = self._publishing.connection
+        can_publish = connection is not None and connection.connected.is_set()
+        await delivery.give_back(
+            queue_name, self.publish, can_publish=can_publish and not self.blocked
+        )
+
     # -- dead letters ---------------------------------------------------------------------
 
     async def dead_letter(
