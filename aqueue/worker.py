@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +23,12 @@ from .broker import Broker, Consumer, Delivery
 __all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
+
+#: A stop gives the broker this long to answer its cancels, and then its closes, even
+#: when the shutdown timeout has run out (acks of finished messages must reach it) ...
+_BROKER_GRACE = 1.0
+#: ... and no longer than this (the broker is unreachable then: waiting cannot help).
+_BROKER_WAIT = 5.0
 
 
 class Worker:
@@ -69,6 +75,8 @@ class Worker:
         self._force: asyncio.Event | None = None
         self._started = False
         self._processor = MessageProcessor(broker, threads=threads)
+        # Whether the broker left cancels or closes of the last stop() unanswered.
+        self._broker_unanswered = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -113,6 +121,12 @@ class Worker:
     async def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: stop consuming, let running actors finish, requeue the rest.
 
+        The broker's part (cancelling every queue's consumer, closing their channels) runs
+        for all queues at once, within what is left of ``timeout`` (at least a second, at
+        most five, for each), so a broker that does not answer (a network outage) makes the
+        stop last ``timeout`` plus about two seconds at most, with one warning. What was not
+        acknowledged then is redelivered by the broker.
+
         Args:
             timeout: Seconds to let running actors finish (default ``shutdown_timeout``).
                 What still runs then is cancelled (async actors) or abandoned
@@ -122,25 +136,36 @@ class Worker:
             return
         assert self._idle is not None and self._force is not None
         timeout = self.shutdown_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         self._processor.stopping = True
         for m in self.broker.middleware:
             await m.before_worker_shutdown(self.broker, self)
-        for consumer in self._consumers:
-            await consumer.cancel()
+        answered = await _all_within(
+            [consumer.cancel() for consumer in self._consumers], _broker_wait(deadline)
+        )
         self._processor.stop_waiting()
         if self._running:
-            log.info("waiting up to %.1f s for %d running messages", timeout, len(self._running))
+            left = max(0.0, deadline - loop.time())
+            log.info("waiting up to %.1f s for %d running messages", left, len(self._running))
             idle = asyncio.ensure_future(self._idle.wait())
             forced = asyncio.ensure_future(self._force.wait())
-            await asyncio.wait({idle, forced}, timeout=timeout, return_when="FIRST_COMPLETED")
+            await asyncio.wait({idle, forced}, timeout=left, return_when="FIRST_COMPLETED")
             idle.cancel()
             forced.cancel()
         if self._running:
             log.warning("%d messages did not finish in time; requeueing them", len(self._running))
             for task in list(self._running):
                 task.cancel()
-            await asyncio.wait(set(self._running), timeout=5)
-        await self._close_consumers()
+            # Giving them back needs the broker: little time when it did not answer.
+            await asyncio.wait(set(self._running), timeout=5 if answered else _BROKER_GRACE)
+        answered = await self._close_consumers(deadline) and answered
+        self._broker_unanswered = not answered
+        if not answered:
+            log.warning(
+                "the broker did not answer while the worker stopped (unreachable?); "
+                "stopping anyway: it redelivers the messages that were not acknowledged"
+            )
         self._started = False
         for m in self.broker.middleware:
             await m.after_worker_shutdown(self.broker, self)
@@ -150,10 +175,12 @@ class Worker:
         if self._force is not None:
             self._force.set()
 
-    async def _close_consumers(self) -> None:
+    async def _close_consumers(self, deadline: float | None = None) -> bool:
+        """Close every consumer at once; False if some did not finish in time."""
         consumers, self._consumers = self._consumers, []
-        for consumer in consumers:
-            await consumer.close()
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time()
+        return await _all_within([c.close() for c in consumers], _broker_wait(deadline))
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -191,3 +218,34 @@ class Worker:
             if not self._running:
                 self._idle.set()
             self.broker._delivery_settled(plan.name)
+
+
+def _broker_wait(deadline: float) -> float:
+    """Seconds to wait for the broker: what is left until ``deadline``, within bounds."""
+    left = deadline - asyncio.get_running_loop().time()
+    return min(max(left, _BROKER_GRACE), _BROKER_WAIT)
+
+
+async def _all_within(calls: list[Coroutine[Any, Any, None]], seconds: float) -> bool:
+    """Run ``calls`` at once for up to ``seconds``; False if some did not finish.
+
+    Those are cancelled and not waited for (a write to a connection that does not
+    drain may not end soon). An error of one is logged and ends only that one.
+    """
+    if not calls:
+        return True
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    done, pending = await asyncio.wait(tasks, timeout=seconds)
+    for task in pending:
+        task.add_done_callback(_retrieve)
+        task.cancel()
+    for task in done:
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            log.error("stopping a consumer failed", exc_info=exc)
+    return not pending
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

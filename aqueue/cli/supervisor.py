@@ -2,6 +2,12 @@
 
 It restarts a child that dies (unless it failed at startup), forwards SIGTERM and SIGINT
 to the children, and with ``--metrics-port`` serves the sum of their metrics.
+
+A child tells it that it started (it consumes its queues) by writing a byte to a pipe
+whose descriptor it finds in ``AQUEUE_READY_FD``. A child that exits with 1 or 2 before
+that failed at startup (a module that cannot import, a broker it cannot reach): the whole
+pool stops. A child that exits after that, whatever its code (``os._exit(1)`` in an actor,
+say), is restarted, after a pause that doubles while it keeps crashing.
 """
 
 from __future__ import annotations
@@ -11,15 +17,24 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ._common import EXIT_RUNTIME_ERROR, EXIT_USAGE_ERROR, log
 from .metrics import children_metrics, mark_process_dead
 
-__all__ = ["SUPERVISED_ENV", "supervise"]
+__all__ = ["READY_FD_ENV", "SUPERVISED_ENV", "supervise"]
 
 #: Set in a supervised worker process: its index among the supervisor's children.
 SUPERVISED_ENV = "AQUEUE_WORKER_INDEX"
+#: Set in a supervised worker process: the pipe to write one byte to once it consumes.
+READY_FD_ENV = "AQUEUE_READY_FD"
+
+#: Pause before restarting a child: doubles (up to the maximum) while its slot keeps
+#: crashing, back to the first once a child stayed up ``_STABLE`` seconds.
+_FIRST_BACKOFF = 0.5
+_MAX_BACKOFF = 10.0
+_STABLE = 30.0
 
 
 def supervise(
@@ -34,11 +49,37 @@ def supervise(
         return _run_children(processes, metrics_dir)
 
 
+@dataclass
+class _Slot:
+    """One of the N places for a worker process, and the process in it now."""
+
+    index: int
+    child: subprocess.Popen[bytes] | None = None
+    ready_pipe: int | None = None  # read end; closed once the child is ready or gone
+    ready: bool = False
+    started_at: float = 0.0
+    backoff: float = _FIRST_BACKOFF
+    restart_at: float = 0.0
+
+    def read_ready(self) -> None:
+        """Note whether the child wrote its byte (it consumes now)."""
+        if self.ready_pipe is None:
+            return
+        try:
+            data = os.read(self.ready_pipe, 1)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self.ready = self.ready or bool(data)
+        os.close(self.ready_pipe)  # ready (one byte is all), or EOF: the child is gone
+        self.ready_pipe = None
+
+
 def _run_children(processes: int, metrics_dir: str | None) -> int:
     argv = _child_argv()
-    children: dict[int, subprocess.Popen[bytes]] = {}
+    slots = [_Slot(index) for index in range(processes)]
     stopping = False
-    started_at: dict[int, float] = {}
     finished: set[int] = set()
 
     def process_ended(child: subprocess.Popen[bytes]) -> None:
@@ -47,51 +88,91 @@ def _run_children(processes: int, metrics_dir: str | None) -> int:
             finished.add(child.pid)
             mark_process_dead(child.pid, metrics_dir)
 
-    def spawn(index: int) -> None:
-        env = {**os.environ, SUPERVISED_ENV: str(index)}
-        # A session of its own: a terminal's Ctrl-C reaches the parent only, which forwards it.
-        children[index] = subprocess.Popen(argv, env=env, start_new_session=True)
-        started_at[index] = time.monotonic()
+    def spawn(slot: _Slot) -> None:
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        env = {**os.environ, SUPERVISED_ENV: str(slot.index), READY_FD_ENV: str(write_end)}
+        try:
+            # A session of its own: a terminal's Ctrl-C reaches the parent only, which
+            # forwards it.
+            slot.child = subprocess.Popen(
+                argv, env=env, start_new_session=True, pass_fds=(write_end,)
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)  # the child's copy is the only one: EOF once it exits
+        slot.ready_pipe = read_end
+        slot.ready = False
+        slot.started_at = time.monotonic()
 
     def forward(signum: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = True
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signum)
+        for slot in slots:
+            if slot.child is not None and slot.child.poll() is None:
+                slot.child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for index in range(processes):
-        spawn(index)
+    for slot in slots:
+        spawn(slot)
     log.info("supervising %d worker processes", processes)
     exit_code = 0
     while True:
         alive = 0
-        for index, child in list(children.items()):
+        now = time.monotonic()
+        for slot in slots:
+            child = slot.child
+            if child is None:
+                if not stopping and now >= slot.restart_at:
+                    spawn(slot)
+                    alive += 1
+                continue
+            slot.read_ready()
             code = child.poll()
             if code is None:
                 alive += 1
                 continue
+            slot.read_ready()  # a byte written just before it exited
+            slot.child = None
             process_ended(child)
             if stopping:
                 continue
-            if (
-                code in (EXIT_RUNTIME_ERROR, EXIT_USAGE_ERROR)
-                and time.monotonic() - started_at[index] < 30
-            ):
-                log.error("worker process %d failed at startup (exit %d); stopping", index, code)
+            if not slot.ready and code in (EXIT_RUNTIME_ERROR, EXIT_USAGE_ERROR):
+                log.error(
+                    "worker process %d failed at startup (exit %d); stopping", slot.index, code
+                )
                 exit_code = code
                 forward(signal.SIGTERM, None)
                 continue
+            up = now - slot.started_at
+            if up >= _STABLE:
+                slot.backoff = _FIRST_BACKOFF
+            delay, slot.backoff = slot.backoff, min(slot.backoff * 2, _MAX_BACKOFF)
+            slot.restart_at = now + delay
             log.warning(
-                "worker process %d (pid %d) exited with %s; restarting it", index, child.pid, code
+                "worker process %d (pid %d) %s after %.1f s%s; restarting it in %.1f s",
+                slot.index,
+                child.pid,
+                _describe_exit(code),
+                up,
+                "" if slot.ready else ", before it started consuming",
+                delay,
             )
-            spawn(index)
-            alive += 1
         if alive == 0 and (stopping or exit_code):
             return exit_code
         time.sleep(0.2)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with {code}"
 
 
 def _child_argv() -> list[str]:

@@ -24,9 +24,14 @@ from ..errors import BrokerConnectionError, WorkerError
 from ..worker import Worker
 from ._common import EXIT_RUNTIME_ERROR, EXIT_USAGE_ERROR, fail, log
 from .metrics import MULTIPROCESS_ENV, add_metrics_middleware, serve_metrics
-from .supervisor import SUPERVISED_ENV, supervise
+from .supervisor import READY_FD_ENV, SUPERVISED_ENV, supervise
 
 __all__ = ["worker"]
+
+#: Seconds the broker's connections get to close even when the shutdown timeout ran out,
+#: and at most (aiormq waits 2 s for the answer to each connection's close).
+_CLOSE_GRACE = 1.0
+_UNANSWERED_CLOSE = 5.0
 
 
 @click.command()
@@ -189,6 +194,8 @@ async def _serve(work: Worker) -> None:
         watchdog = asyncio.ensure_future(_stop_when_orphaned(stop))
 
     await work.start()
+    _tell_supervisor_ready()
+    deadline = None  # of the stop: the broker's close fits in the shutdown timeout too
     try:
         broker_url = (
             redact_url(getattr(work.broker, "url", "")) if hasattr(work.broker, "url") else ""
@@ -204,13 +211,51 @@ async def _serve(work: Worker) -> None:
         )
         await stop.wait()
         log.info("stopping: no new messages; waiting up to %.1f s", work.shutdown_timeout)
+        deadline = loop.time() + work.shutdown_timeout
         await work.stop()
     finally:
         await work.stop(timeout=0)
-        await work.broker.close()
+        await _close_broker(work, loop.time() if deadline is None else deadline)
         if SUPERVISED_ENV in os.environ:
             watchdog.cancel()
         log.info("worker stopped")
+
+
+async def _close_broker(work: Worker, deadline: float) -> None:
+    """Close the broker's connections within the shutdown timeout (a second at least).
+
+    When the worker's stop found the broker unreachable, its connections get a few seconds
+    whatever the timeout: each close waits a moment for an answer and then ends the calls
+    left pending on it; a close cut short leaves them to be cancelled at exit, each with
+    a warning of aiormq's. RabbitMQ requeues what was not acknowledged.
+    """
+    left = deadline - asyncio.get_running_loop().time()
+    unanswered = work._broker_unanswered
+    wait = _UNANSWERED_CLOSE if unanswered else min(max(left, _CLOSE_GRACE), _UNANSWERED_CLOSE)
+    try:
+        await asyncio.wait_for(work.broker.close(), wait)
+    except asyncio.TimeoutError:
+        # One warning for an unreachable broker: the worker's stop gave it already.
+        log.log(
+            logging.DEBUG if unanswered else logging.WARNING,
+            "the broker did not close its connections in %.1f s; exiting anyway",
+            wait,
+        )
+    except Exception as exc:
+        log.warning("closing the broker's connections failed (%s); exiting anyway", exc)
+
+
+def _tell_supervisor_ready() -> None:
+    """A supervised worker consumes now: tell the supervisor (it then restarts this process
+    when it dies, instead of taking the exit for a failure to start)."""
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), b"1")
+        os.close(int(fd))
+    except (OSError, ValueError) as exc:  # no supervisor any more: nobody to tell
+        log.debug("could not tell the supervisor this worker started: %r", exc)
 
 
 async def _stop_when_orphaned(stop: asyncio.Event) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -206,8 +207,10 @@ class RabbitmqBroker(Broker):
         """Close every connection and channel of this broker."""
         self._consumers.clear()
         self._declarations.clear()
-        await self._publishing.close()
-        await self._consuming.close()
+        if self._consuming is self._publishing:
+            await self._publishing.close()
+        else:
+            await asyncio.gather(self._publishing.close(), self._consuming.close())
 
     # -- topology -------------------------------------------------------------------------
 

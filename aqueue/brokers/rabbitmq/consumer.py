@@ -137,18 +137,39 @@ class QueueConsumer:
                 delay = min(delay * 2, _MAX_BACKOFF)
 
     async def cancel(self) -> None:
+        """Stop the deliveries: wait for RabbitMQ's answer to the cancel, as long as the
+        caller does (a worker's stop bounds every queue's cancel by its shutdown timeout)."""
         self._cancelled = True
         if self._resubscribing is not None:
             self._resubscribing.cancel()
-        if self._channel is None or self._consumer_tag is None:
+        channel, consumer_tag = self._channel, self._consumer_tag
+        if channel is None or consumer_tag is None:
             return
+        if not self._connection.connected.is_set():
+            return  # lost: RabbitMQ dropped the subscription with the connection
         try:
-            underlay = await asyncio.wait_for(self._channel.get_underlay_channel(), 5)
-            await underlay.basic_cancel(self._consumer_tag, timeout=5)
+            underlay = await channel.get_underlay_channel()
+            answer = asyncio.ensure_future(underlay.basic_cancel(consumer_tag))
+        except CONNECTION_ERRORS as exc:
+            log.debug("cancel of consumer on %r failed: %r", self.queue_name, exc)
+            return
+        answer.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            # Shielded: aiormq answers a cancelled call by closing the channel, with a
+            # warning per queue; an unanswered one just stays pending.
+            await asyncio.shield(answer)
+        except asyncio.CancelledError:
+            if not answer.done():
+                # RabbitMQ did not answer in the caller's time: it is unreachable. A
+                # Channel.Close would wait behind this call: close() leaves the channel to
+                # the connection's close, and RabbitMQ requeues what it did not get acks for.
+                self._channel = None
+            raise
         except CONNECTION_ERRORS_OR_TIMEOUT as exc:
             log.debug("cancel of consumer on %r failed: %r", self.queue_name, exc)
 
     async def close(self) -> None:
+        """Send the pending acks and close the channel (its unacked deliveries go back)."""
         self._cancelled = True
         if self._resubscribing is not None:
             self._resubscribing.cancel()
