@@ -215,22 +215,35 @@ async def send(
 # -- check ------------------------------------------------------------------------------------
 
 
-async def check(broker: Broker, queues: Sequence[str], *, timeout: float) -> None:
-    """Raise AdminError unless the broker answers within ``timeout`` seconds and every
+async def check(
+    broker: Broker, queues: Sequence[str], *, timeout: float, consumers: bool = True
+) -> None:
+    """Raise AdminError unless the broker answers within ``timeout`` seconds, every
     queue (the broker's actors' and ``queues``), its dead-letter queue and the delivery
-    exchange exist."""
+    exchange exist and, with ``consumers``, every queue has a consumer (a worker)."""
     names = list(dict.fromkeys([*sorted(broker.queue_names), *queues]))
     try:
         with anyio.fail_after(timeout):
             await broker.connect()
+            idle = []
             for name in names:
-                for queue in (name, dead_letter_queue_name(name)):
-                    if await broker.queue_info(queue) is None:
-                        raise AdminError(f"queue {queue!r} does not exist")
+                info = await broker.queue_info(name)
+                if info is None:
+                    raise AdminError(f"queue {name!r} does not exist")
+                if await broker.queue_info(dead_letter_queue_name(name)) is None:
+                    raise AdminError(f"queue {dead_letter_queue_name(name)!r} does not exist")
+                if info.consumers == 0:
+                    idle.append(name)
             if names and isinstance(broker, RabbitmqBroker):
                 await _check_exchange(broker, DELIVERY_EXCHANGE)
     except TimeoutError:
         raise AdminError(f"no answer from the broker within {timeout:g} s") from None
+    if consumers and idle:
+        listed = ", ".join(repr(name) for name in idle)
+        raise AdminError(
+            f"no worker consumes queue{'s' if len(idle) > 1 else ''} {listed} "
+            "(0 consumers; --no-consumers checks the topology only)"
+        )
 
 
 async def _check_exchange(broker: RabbitmqBroker, name: str) -> None:

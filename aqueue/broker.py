@@ -59,6 +59,10 @@ class Delivery(Protocol):
 class Consumer(Protocol):
     """A subscription of a worker to one queue."""
 
+    @property
+    def consuming(self) -> bool:
+        """Whether the queue is subscribed now (False while subscribing again, or stopped)."""
+
     async def cancel(self) -> None:
         """Stop receiving new deliveries; deliveries already received stay valid."""
 

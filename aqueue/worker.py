@@ -78,6 +78,15 @@ class Worker:
         # Whether the broker left cancels or closes of the last stop() unanswered.
         self._broker_unanswered = False
 
+    @property
+    def consuming_queues(self) -> dict[str, bool]:
+        """Each queue the worker consumes and whether it is subscribed now (False while its
+        consumer subscribes again after a lost channel or a cancel by the broker); empty
+        when the worker is not running."""
+        if len(self._consumers) != len(self._plans):
+            return {}
+        return {p.name: c.consuming for p, c in zip(self._plans, self._consumers, strict=True)}
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def plan(self) -> list[QueuePlan]:

@@ -347,6 +347,10 @@ class _MemoryConsumer:
         self._task: asyncio.Task[None] | None = None
         self.closed = False
 
+    @property
+    def consuming(self) -> bool:
+        return self._task is not None
+
     def start(self) -> None:
         self.queue.consumers.append(self)
         self._task = asyncio.ensure_future(self._deliver())

@@ -101,18 +101,28 @@ def send(
     show_default=True,
     help="Seconds to wait for the broker.",
 )
-def check(queue_names: tuple[str, ...], broker_spec: str | None, timeout: float) -> None:
-    """Exit 0 if the broker answers and the topology is in place; else 1 with the reason.
+@click.option(
+    "--consumers/--no-consumers",
+    default=True,
+    show_default=True,
+    help="Fail when a queue has no consumer (no worker consumes it).",
+)
+def check(
+    queue_names: tuple[str, ...], broker_spec: str | None, timeout: float, consumers: bool
+) -> None:
+    """Exit 0 if the broker answers, the topology is in place and workers consume the
+    queues; else 1 with the reason.
 
     Checks the queues of --broker's actors and the QUEUEs named, their dead-letter
-    queues and the delay delivery exchange, with passive declares (nothing is created).
-    For container health checks.
+    queues and the delay delivery exchange, with passive declares (nothing is created),
+    and that each queue has at least one consumer (--no-consumers: not that, e.g. in a
+    process that only sends). For container health checks.
     """
     broker = operator_broker(broker_spec, attempts=1)
 
     async def work() -> None:
         try:
-            await _admin.check(broker, queue_names, timeout=timeout)
+            await _admin.check(broker, queue_names, timeout=timeout, consumers=consumers)
         finally:
             await broker.close()
 

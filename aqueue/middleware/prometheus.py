@@ -92,6 +92,11 @@ class Prometheus(Middleware):
     * ``broker_reconnects_total`` (no labels): reconnections of the worker's connections.
     * ``broker_blocked`` (no labels): 1 while RabbitMQ blocks the worker's publishing
       connection during a memory or disk alarm (sends wait, consuming goes on), else 0.
+    * ``queue_consuming`` (label ``queue`` only): 1 while the worker's consumer of the
+      queue is subscribed, 0 while it is not (subscribing again after a lost channel or
+      connection, or a cancel by RabbitMQ) and after the worker stopped. Read from the
+      worker every ``consuming_interval`` seconds. With several processes, the lowest:
+      0 as soon as one process does not consume the queue.
 
     Args:
         registry: Where to register the metrics (default: prometheus-client's global
@@ -100,6 +105,7 @@ class Prometheus(Middleware):
         namespace: Prefix of the metric names.
         duration_buckets: Histogram buckets of ``message_duration_seconds``.
         latency_buckets: Histogram buckets of ``message_queue_latency_seconds``.
+        consuming_interval: Seconds between two updates of ``queue_consuming``.
     """
 
     def __init__(
@@ -109,7 +115,11 @@ class Prometheus(Middleware):
         namespace: str = "aqueue",
         duration_buckets: Sequence[float] = DURATION_BUCKETS,
         latency_buckets: Sequence[float] = LATENCY_BUCKETS,
+        consuming_interval: float = 1.0,
     ) -> None:
+        if consuming_interval <= 0:
+            raise ValueError("consuming_interval must be positive")
+
         def counter(name: str, doc: str, labels: Sequence[str] = _LABELS) -> Counter:
             return Counter(name, doc, labels, namespace=namespace, registry=registry)
 
@@ -131,6 +141,16 @@ class Prometheus(Middleware):
             namespace=namespace,
             registry=registry,
             multiprocess_mode="livemax",
+        )
+        # Updated by a task of the worker, not with set_function(): that does not work in
+        # multiprocess mode. livemin: a queue one process does not consume shows 0.
+        self.consuming = Gauge(
+            "queue_consuming",
+            "1 while the worker's consumer of the queue is subscribed, else 0.",
+            ("queue",),
+            namespace=namespace,
+            registry=registry,
+            multiprocess_mode="livemin",
         )
         self.in_progress = Gauge(
             "messages_in_progress",
@@ -158,6 +178,9 @@ class Prometheus(Middleware):
         )
         self._started: dict[int, _Started] = {}
         self._listening: list[Callable[[], None]] = []
+        self._consuming_interval = consuming_interval
+        self._watching: dict[int, asyncio.Task[None]] = {}
+        self._consumed: dict[int, list[str]] = {}  # the queues of each running worker
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -255,10 +278,35 @@ class Prometheus(Middleware):
         self.blocked.set(1 if broker.blocked else 0)
         self._listening.append(broker.add_connection_listener(self._on_connection_event))
 
+    async def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        self._update_consuming(worker)
+        self._watching[id(worker)] = asyncio.ensure_future(self._watch_consuming(worker))
+
     async def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         listening, self._listening = self._listening, []
         for remove in listening:
             remove()
+        task = self._watching.pop(id(worker), None)
+        if task is not None:
+            task.cancel()
+        # The worker consumes nothing now (its consumers are gone: the property is empty).
+        for queue in self._consumed.pop(id(worker), ()):
+            self.consuming.labels(queue).set(0)
+
+    async def _watch_consuming(self, worker: Worker) -> None:
+        while True:
+            await asyncio.sleep(self._consuming_interval)
+            try:
+                self._update_consuming(worker)
+            except Exception:  # never let the metrics stop: log, try again later
+                log.exception("updating the queue_consuming metric failed")
+
+    def _update_consuming(self, worker: Worker) -> None:
+        states = worker.consuming_queues
+        if states:
+            self._consumed[id(worker)] = list(states)
+        for queue, consuming in states.items():
+            self.consuming.labels(queue).set(1 if consuming else 0)
 
     def _on_connection_event(self, event: str) -> None:
         if event == "reconnected":
