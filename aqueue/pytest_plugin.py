@@ -12,6 +12,9 @@ not affected:
 * ``aqueue_drain``: ``await aqueue_drain()`` waits until every queue is idle, re-raising
   the first actor failure. It waits for the delayed messages the test sent, and for
   retries; with the in-memory broker delays and retry backoffs are skipped.
+
+The fixtures run on pytest-asyncio (``pip install 'aqueue[pytest]'``). Without it a test
+asking for one of them fails with a message saying so, instead of "fixture not found".
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -31,8 +34,14 @@ from .worker import Worker
 
 try:  # pytest-asyncio is how the fixtures run; without it they cannot be used.
     import pytest_asyncio
-except ImportError:  # pragma: no cover
+except ImportError:
     pytest_asyncio = None  # type: ignore[assignment]
+
+MISSING_PYTEST_ASYNCIO = (
+    "the aqueue fixtures need pytest-asyncio, which is not installed: "
+    "pip install 'aqueue[pytest]' (or pip install pytest-asyncio), "
+    'and set asyncio_mode = "auto" in the pytest configuration'
+)
 
 ENVIRONMENT_VARIABLE = "AQUEUE_TEST_BROKER"
 
@@ -113,3 +122,21 @@ if pytest_asyncio is not None:
             await aqueue_broker.join_all(**options)
 
         return drain
+
+else:
+    # Fixtures that exist, so that asking for one says what is missing.
+
+    def _missing_pytest_asyncio(name: str) -> NoReturn:
+        pytest.fail(f"{name}: {MISSING_PYTEST_ASYNCIO}", pytrace=False)
+
+    @pytest.fixture(name="aqueue_broker")
+    def _aqueue_broker_unavailable() -> None:
+        _missing_pytest_asyncio("aqueue_broker")
+
+    @pytest.fixture(name="aqueue_worker")
+    def _aqueue_worker_unavailable() -> None:
+        _missing_pytest_asyncio("aqueue_worker")
+
+    @pytest.fixture(name="aqueue_drain")
+    def _aqueue_drain_unavailable() -> None:
+        _missing_pytest_asyncio("aqueue_drain")

@@ -90,6 +90,25 @@ class Cli:
             timeout=90,
         )
 
+    async def run_in_terminal(self, answer: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run with a pseudo-terminal as stdin, ``answer`` typed in it."""
+        main, secondary = os.openpty()
+        try:
+            os.write(main, answer.encode())
+            return await asyncio.to_thread(
+                subprocess.run,
+                self.argv(*args),
+                cwd=self.root,
+                env=self.env,
+                stdin=secondary,
+                capture_output=True,
+                text=True,
+                timeout=90,
+            )
+        finally:
+            os.close(secondary)
+            os.close(main)
+
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             self.argv(*args),
@@ -414,7 +433,8 @@ async def test_purge_asks_first_and_selects_by_age(
     for moment in (old, old, now):
         await put_dead_letter(cli.queue, failed_at=moment, connection=connection)
 
-    result = await cli.run("dlq", "purge", cli.queue, "--older-than", "7d", input="n\n")
+    # In a terminal it asks; answers typed in a pseudo-terminal.
+    result = await cli.run_in_terminal("n\n", "dlq", "purge", cli.queue, "--older-than", "7d")
     assert result.returncode == EXIT_RUNTIME_ERROR
     assert result.stdout.startswith(
         f"Delete the dead letters of {cli.queue} that failed more than 7d ago "
@@ -422,14 +442,17 @@ async def test_purge_asks_first_and_selects_by_age(
     )
     assert await rabbit.count(cli.queue + ".XQ") == 3
 
-    result = await cli.run("dlq", "purge", cli.queue, "--older-than", "7d", input="y\n")
+    result = await cli.run_in_terminal("y\n", "dlq", "purge", cli.queue, "--older-than", "7d")
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith(f"[y/N]: deleted 2 dead letters of {cli.queue}\n")
     assert await rabbit.count(cli.queue + ".XQ") == 1
 
-    # No terminal and no --yes: the prompt reads end of input and deletes nothing.
-    result = await cli.run("dlq", "purge", cli.queue)
-    assert result.returncode != 0
+    # No terminal and no --yes: refused, even with an answer piped in; nothing deleted.
+    result = await cli.run("dlq", "purge", cli.queue, input="y\n")
+    assert result.returncode == EXIT_RUNTIME_ERROR
+    assert one_line_error(result).endswith(
+        "stdin is not a terminal: pass --yes to delete without asking"
+    )
     assert await rabbit.count(cli.queue + ".XQ") == 1
 
     result = await cli.run("dlq", "purge", cli.queue, "--yes")

@@ -8,6 +8,7 @@ Thin click commands: the work is in ``aqueue._admin`` (operations), the broker's
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import click
@@ -141,7 +142,17 @@ def dlq_purge(
     yes: bool,
     broker_spec: str | None,
 ) -> None:
-    """Delete dead letters of QUEUE for good, after a confirmation prompt."""
+    """Delete dead letters of QUEUE for good, after a confirmation prompt.
+
+    The prompt needs a terminal: without one on stdin, pass --yes.
+    """
+    if not yes and not (sys.stdin is not None and sys.stdin.isatty()):
+        # Not even piped input counts as an answer: `echo y |` must not delete by accident.
+        fail(
+            f"not deleting the dead letters of {queue}: "
+            "stdin is not a terminal: pass --yes to delete without asking",
+            EXIT_RUNTIME_ERROR,
+        )
     broker = operator_broker(broker_spec)
     ids = list(dict.fromkeys(message_ids)) or None
 
