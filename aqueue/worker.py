@@ -139,7 +139,7 @@ class Worker:
         Args:
             timeout: Seconds to let running actors finish (default ``shutdown_timeout``).
                 What still runs then is cancelled (async actors) or abandoned
-                (threads) and its message is requeued.
+                (threads) and its message is given back to its queue.
         """
         if not self._started or self._processor.stopping:
             return

@@ -62,14 +62,14 @@ _UNANSWERED_CLOSE = 5.0
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Worker processes, each with its own single connection.",
+    help="Worker processes, each with its own two connections (consume, publish).",
 )
 @click.option(
     "--shutdown-timeout",
     type=click.FloatRange(min=0),
     default=30.0,
     show_default=True,
-    help="Seconds running messages get to finish on SIGTERM/SIGINT before they are requeued.",
+    help="Seconds running messages get to finish on SIGTERM/SIGINT before they are given back.",
 )
 @click.option(
     "--log-level",
@@ -184,7 +184,7 @@ async def _serve(work: Worker) -> None:
         if signum == signal.SIGINT:
             interrupts += 1
         if stop.is_set() and interrupts >= 2:
-            log.warning("second interrupt: stopping at once, unfinished messages are requeued")
+            log.warning("second interrupt: stopping at once, unfinished messages are given back")
             work.force_stop()
         stop.set()
 
