@@ -49,6 +49,12 @@ class Delivery(Protocol):
     def message_id(self) -> str | None:
         """The message id the publisher set (the AMQP property), if any."""
 
+    @property
+    def lost(self) -> bool:
+        """Whether the broker took the message back already (its channel or consumer
+        closed, e.g. with a lost connection): settling it does nothing, and the broker
+        delivers it again, marked redelivered."""
+
     async def ack(self) -> None:
         """Tell the broker the message is done with."""
 

@@ -315,6 +315,10 @@ class _MemoryDelivery:
         return self.envelope.message_id
 
     @property
+    def lost(self) -> bool:
+        return self._consumer.closed and not self._settled
+
+    @property
     def settled(self) -> bool:
         return self._settled or self._consumer.closed  # a closed consumer gave it back
 

@@ -141,6 +141,10 @@ class _RabbitmqDelivery:
     def message_id(self) -> str | None:
         return self._message.header.properties.message_id
 
+    @property
+    def lost(self) -> bool:
+        return not self._settled and self._acker.channel.is_closed
+
     async def ack(self) -> None:
         if not self._settled:
             self._settled = True
