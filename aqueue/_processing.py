@@ -5,6 +5,10 @@ scheduled retry), dead-lettered (a final failure, or a message that cannot run: 
 large, undecodable, of an unknown actor, with invalid arguments), given back (the
 worker is stopping before it finished: published again uncounted, then acked) or
 requeued (middleware failed). What is given back or requeued counts for ``join``.
+
+A delivery lost with its channel (the connection dropped) is not started late, and the
+run of one that had started goes on: RabbitMQ's redelivered copy of it is settled like that
+run, without running again (``_recent``).
 """
 
 from __future__ import annotations
@@ -17,28 +21,16 @@ import time
 from typing import Any
 
 import anyio
-import msgspec
 
 from ._deadlines import DeadlineExceeded, Deadlines
-from ._failures import (
-    FAILED,
-    INVALID_ARGUMENTS,
-    TOO_LARGE,
-    UNDECODABLE,
-    UNKNOWN_ACTOR,
-    failure_headers,
-    now_iso,
-)
+from ._decoding import REJECTIONS, MessageTooLarge, bind_message, decode_message, rejection_reason
+from ._failures import FAILED, failure_headers, now_iso
 from ._plans import QueuePlan
+from ._recent import Outcome, RecentMessages
 from ._threads import run_in_thread
 from .broker import CORE_ACTOR_OPTIONS, Broker, Delivery
 from .context import MessageContext, _current
-from .errors import (
-    ActorNotFound,
-    MessageDecodeError,
-    TimeLimitExceeded,
-    ValidationError,
-)
+from .errors import TimeLimitExceeded
 from .message import Message
 from .middleware import Middleware, SkipMessage, TimeLimit
 from .middleware.base import overrides
@@ -48,24 +40,9 @@ __all__ = ["MessageProcessor", "MessageTooLarge"]
 # The worker's logger: what happens to messages is logged as ``aqueue.worker``.
 log = logging.getLogger("aqueue.worker")
 
-#: Counters middleware keeps in a message's options.
-_COUNTER_OPTIONS = frozenset({"retries", "redeliveries", "first_failed_at"})
-
-
-class MessageTooLarge(Exception):
-    """A delivery's body is larger than the broker's max_message_size."""
-
-
-#: The dead-letter reason of a delivery that cannot run, by exception (else invalid-arguments).
-_REJECTED = (
-    (MessageTooLarge, TOO_LARGE),
-    (MessageDecodeError, UNDECODABLE),
-    (ActorNotFound, UNKNOWN_ACTOR),
-)
-
 
 class _NotStarted(Exception):
-    """The worker began to stop while a delivery waited for a free slot."""
+    """The worker began to stop, or the delivery was lost, while it waited for a free slot."""
 
 
 class MessageProcessor:
@@ -89,6 +66,8 @@ class MessageProcessor:
         self._time_limit: TimeLimit | None = None
         self._message_options: frozenset[str] = frozenset()
         self._deadlines = Deadlines()
+        self._recent = RecentMessages()
+        self._returned: set[Delivery] = set()  # deliveries given back, requeued or lost
 
     def prepare(self) -> None:
         """Take the broker's middleware and options as they are now: when the worker starts."""
@@ -116,9 +95,12 @@ class MessageProcessor:
             # A stop that ran out of time (a no-op if the delivery was settled already).
             await self._put_back(plan.name, delivery)
             raise
+        finally:
+            self._returned.discard(delivery)
 
     async def _put_back(self, queue_name: str, delivery: Delivery) -> None:
         """Requeue a delivery; give it back uncounted by the redelivery limit if stopping."""
+        self._returned.add(delivery)
         self.broker._put_back(queue_name, delivery.message_id)
         if not self.stopping:
             await delivery.requeue()
@@ -131,49 +113,53 @@ class MessageProcessor:
             raise
 
     async def _process(self, plan: QueuePlan, delivery: Delivery) -> None:
-        actor_name: str | None = None
+        message: Message | None = None
         try:
-            if len(delivery.body) > self.broker.max_message_size:
-                raise MessageTooLarge(
-                    f"the body is {len(delivery.body)} bytes, more than max_message_size "
-                    f"({self.broker.max_message_size} bytes)"
-                )
-            message = Message.decode(delivery.body)
-            actor_name = message.actor_name
-            actor = self.broker.get_actor(actor_name)
-            args, kwargs = actor.arguments.decode(message.args, message.kwargs)
-            if message.options:
-                self._check_options(message)
-            if message.queue_name != plan.name:
-                # Retries and redeliveries go back to the queue the message came from.
-                message = msgspec.structs.replace(message, queue_name=plan.name)
-        except (MessageDecodeError, ActorNotFound, ValidationError, MessageTooLarge) as exc:
+            message = decode_message(self.broker, delivery.body)
+            message, actor, args, kwargs = bind_message(
+                self.broker, plan.name, message, self._message_options
+            )
+        except REJECTIONS as exc:
+            actor_name = None if message is None else message.actor_name
             await self._reject(plan.name, delivery, exc, actor_name)
             return
         self.broker._message_received(message)
+        recent = self._recent
+        key = recent.key(message.message_id, delivery.body)
+        redelivered = delivery.redelivered
+        if redelivered:
+            # RabbitMQ's copy of a message this process ran when its connection dropped.
+            while (earlier := recent.running(key)) is not None:
+                await asyncio.shield(earlier)
+            ended = recent.ended(key)
+            if ended is Outcome.FINISHED:
+                log.info(
+                    "message %s of actor %s came back after a lost connection, but this worker "
+                    "finished it already: acknowledged without running it again",
+                    message.message_id,
+                    message.actor_name,
+                    extra=_fields(message),
+                )
+                await delivery.ack()
+                return
+            if ended is Outcome.RETURNED:
+                redelivered = False  # it came back for a reason known here, not a crash
+        tracked = recent.running(key) is None  # else a duplicate publish of a running message
         context = MessageContext(
-            broker=self.broker, message=message, actor=actor, redelivered=delivery.redelivered
+            broker=self.broker, message=message, actor=actor, redelivered=redelivered
         )
         token = _current.set(message)
+        outcome = Outcome.RETURNED
+        if tracked:
+            recent.start(key)
         try:
             await self._process_context(plan, delivery, context, args, kwargs)
+            if delivery not in self._returned:
+                outcome = Outcome.FINISHED
         finally:
             _current.reset(token)
-
-    def _check_options(self, message: Message) -> None:
-        """Validate the per-message options middleware will read; others are carried as is."""
-        options = message.options
-        for name, value in options.items():
-            if name in _COUNTER_OPTIONS:
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise ValidationError(f"option {name!r} must be an int >= 0, not {value!r}")
-            elif name in self._message_options:
-                normalized = self.broker.normalize_options(
-                    {name: value},
-                    owner=f"message for actor {message.actor_name!r}",
-                    for_message=True,
-                )
-                options[name] = normalized[name]
+            if tracked:
+                recent.end(key, outcome)
 
     async def _process_context(
         self,
@@ -199,9 +185,14 @@ class MessageProcessor:
             return
 
         try:
-            context.result = await self._run(plan, context, args, kwargs)
+            context.result = await self._run(plan, delivery, context, args, kwargs)
         except _NotStarted:
-            await self._put_back(plan.name, delivery)
+            if delivery.lost:
+                # Its channel closed while it waited: the broker delivers it again.
+                self._returned.add(delivery)
+                self.broker._put_back(plan.name, message.message_id)
+            else:
+                await self._put_back(plan.name, delivery)
             return
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
@@ -307,6 +298,7 @@ class MessageProcessor:
     async def _run(
         self,
         plan: QueuePlan,
+        delivery: Delivery,
         context: MessageContext,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -315,7 +307,9 @@ class MessageProcessor:
         time_limit = None if self._time_limit is None else self._time_limit.limit_for(context)
         limiter = plan.limiters.get(actor.actor_name)
         if limiter is not None:
-            await self._acquire(limiter)
+            await self._acquire(limiter, delivery)
+        elif delivery.lost:
+            raise _NotStarted
         try:
             if actor.is_async:
                 if time_limit is None:
@@ -324,7 +318,7 @@ class MessageProcessor:
                     return await self._deadlines.run(actor.fn(*args, **kwargs), time_limit)
                 except DeadlineExceeded:
                     raise _time_limit_exceeded(actor.actor_name, time_limit) from None
-            await self._acquire(self._thread_slots)
+            await self._acquire(self._thread_slots, delivery)
             try:
                 call = functools.partial(actor.fn, *args, **kwargs)
                 try:
@@ -339,26 +333,28 @@ class MessageProcessor:
             if limiter is not None:
                 limiter.release()
 
-    async def _acquire(self, limiter: anyio.CapacityLimiter) -> None:
-        """Take a slot; raise _NotStarted if the worker starts stopping meanwhile."""
+    async def _acquire(self, limiter: anyio.CapacityLimiter, delivery: Delivery) -> None:
+        """Take a slot; raise _NotStarted if the worker starts stopping meanwhile, or if
+        the delivery was lost (a work that did not start is not started late)."""
         try:
             limiter.acquire_nowait()
-            return
         except anyio.WouldBlock:
-            pass
-        with anyio.CancelScope() as scope:
-            self._waiting.add(scope)
-            try:
-                await limiter.acquire()
-            finally:
-                self._waiting.discard(scope)
-        if scope.cancelled_caught:
+            with anyio.CancelScope() as scope:
+                self._waiting.add(scope)
+                try:
+                    await limiter.acquire()
+                finally:
+                    self._waiting.discard(scope)
+            if scope.cancelled_caught:
+                raise _NotStarted from None
+        if delivery.lost:
+            limiter.release()
             raise _NotStarted
 
     async def _reject(
         self, queue_name: str, delivery: Delivery, exc: Exception, actor_name: str | None
     ) -> None:
-        reason = next((r for t, r in _REJECTED if isinstance(exc, t)), INVALID_ARGUMENTS)
+        reason = rejection_reason(exc)
         log.error(
             "rejected a message from queue %s (%s): %s",
             queue_name,

@@ -40,7 +40,9 @@ class MessageContext:
         broker: The broker the message came from.
         message: The decoded message.
         actor: The actor it names.
-        redelivered: Whether RabbitMQ delivered it before (to this or another worker).
+        redelivered: Whether RabbitMQ delivered it before, to another worker or to this
+            one before a crash: False for a copy that came back to this worker because it
+            lost its connection, or that it requeued or gave back itself.
         result: The actor's return value, once it succeeded.
         exception: The exception the actor raised, once it failed.
         retry_scheduled: Set by the retry middleware once a retry was published and

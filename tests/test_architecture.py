@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "aqueue._failures",
             "aqueue._deadlines",
             "aqueue._threads",
+            "aqueue._recent",
         ],
     ),
     (
@@ -38,7 +39,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("actors", ["aqueue.actor"]),
     ("middleware", ["aqueue.middleware"]),
     ("broker interface", ["aqueue.broker"]),
-    ("runtime", ["aqueue.worker", "aqueue._plans", "aqueue._processing"]),
+    (
+        "runtime",
+        ["aqueue.worker", "aqueue._plans", "aqueue._processing", "aqueue._decoding"],
+    ),
     ("implementations", ["aqueue.brokers"]),
     (
         "entry points",

@@ -32,7 +32,9 @@ class Redeliveries(Middleware):
 
     A graceful stop does not count: the worker gives its unfinished messages back as
     new publishes (``Broker.give_back``), not marked redelivered. It counts only if
-    that publish failed and the message was requeued instead.
+    that publish failed and the message was requeued instead. Nor does a lost
+    connection, for the copies that come back to the same worker: it knows it held them
+    (``MessageContext.redelivered`` is False for those).
 
     Actor option (per message too):
         max_redeliveries: Redeliveries allowed (default 5); None for no limit.

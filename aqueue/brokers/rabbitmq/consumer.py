@@ -47,6 +47,7 @@ class QueueConsumer:
         self._consumer_tag: str | None = None
         self._acker: _Acker | None = None
         self._cancelled = False
+        self._running: set[asyncio.Future[None]] = set()  # handlers of deliveries
 
     @property
     def consuming(self) -> bool:
@@ -71,7 +72,8 @@ class QueueConsumer:
         ):
             log.warning(
                 "RabbitMQ closed the channel of queue %s: a message stayed unacknowledged longer "
-                "than the node's consumer_timeout, so RabbitMQ requeues it and it will run again. "
+                "than the node's consumer_timeout, so RabbitMQ requeues it: another worker may run "
+                "it again (this one lets the actor finish and settles the copy it gets back). "
                 "Raise consumer_timeout (rabbitmq.conf: consumer_timeout = <ms>) above your "
                 "longest task, or lower the actor's time_limit. Reopening the channel. (%s)",
                 self.queue_name,
@@ -91,10 +93,14 @@ class QueueConsumer:
         acker = self._acker
         if acker is None or acker.channel is not underlay:
             acker = self._acker = _Acker(underlay)
-        handler = self._handler
+        handler, running = self._handler, self._running
 
         async def on_delivery(message: DeliveredMessage) -> None:
-            await handler(_RabbitmqDelivery(message, acker))
+            # A task of our own, not aiormq's (which it cancels when the channel closes):
+            # work that runs when the connection drops goes on, and its result is kept.
+            task = asyncio.ensure_future(handler(_RabbitmqDelivery(message, acker)))
+            running.add(task)
+            task.add_done_callback(running.discard)
 
         result = await underlay.basic_consume(self.queue_name, on_delivery)
         self._consumer_tag = result.consumer_tag

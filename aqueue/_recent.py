@@ -1,0 +1,69 @@
+"""What this process did with recent messages, to know RabbitMQ's copies of them again.
+
+When a worker's connection drops, RabbitMQ puts each delivery it had not acknowledged
+back in its queue and delivers it again, marked redelivered, often to the same process
+a second later. The actors that were running go on (their work is not thrown away), so
+the copy of a message may arrive while the message still runs here, or after it
+finished and its ack was lost with the connection. ``RecentMessages`` lets the worker
+wait for the run in progress and then settle the copy the same way, ack at once the copy
+of a message that finished, and tell the redelivery counter that a copy came back for a
+reason this process knows (its connection dropped), not because a worker died on it.
+
+A message is known by its id and its body, so retries and counted redeliveries (same
+id, other options) are distinct messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+
+__all__ = ["Outcome", "RecentMessages"]
+
+Key = tuple[str, int]
+
+
+class Outcome(enum.Enum):
+    """How a run of a message ended for this process."""
+
+    #: Settled for good: acked (succeeded, skipped, retry scheduled) or dead-lettered.
+    FINISHED = "finished"
+    #: Not settled here: lost with its channel, requeued or given back; a copy comes again.
+    RETURNED = "returned"
+
+
+class RecentMessages:
+    """The messages running now, and the last ``size`` messages that finished or returned."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._running: dict[Key, asyncio.Future[Outcome]] = {}
+        self._ended: collections.OrderedDict[Key, Outcome] = collections.OrderedDict()
+
+    @staticmethod
+    def key(message_id: str, body: bytes) -> Key:
+        return (message_id, hash(body))
+
+    def running(self, key: Key) -> asyncio.Future[Outcome] | None:
+        """The outcome-to-be of the run of ``key`` in progress here, if any."""
+        return self._running.get(key)
+
+    def ended(self, key: Key) -> Outcome | None:
+        """How the last run of ``key`` here ended, if it ended recently."""
+        return self._ended.get(key)
+
+    def start(self, key: Key) -> None:
+        """A run of ``key`` starts (the caller checked none is running)."""
+        self._running[key] = asyncio.get_running_loop().create_future()
+
+    def end(self, key: Key, outcome: Outcome) -> None:
+        """The run of ``key`` ended: remember how, and tell the copies waiting for it."""
+        future = self._running.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(outcome)
+        ended = self._ended
+        ended[key] = outcome
+        ended.move_to_end(key)
+        if len(ended) > self._size:
+            ended.popitem(last=False)
