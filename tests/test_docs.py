@@ -4,6 +4,11 @@ The examples in ``docs/examples/`` are written as a user's application, with rea
 names ("emails", "orders", ...). Each test copies them into a directory of its own with
 those names made unique (``"emails"`` becomes ``"emails-docs-1a2b3c4d"``), imports or runs
 them against the real RabbitMQ, and deletes the queues (and their ``.XQ``) afterwards.
+
+The pages show each example inline, as a copy marked with the file's name
+(``<!-- docs/examples/tasks.py -->`` just before the fence), so that they read on GitHub
+too; a copy that differs from its file fails here, and ``python scripts/sync_docs.py``
+copies the files in again.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -19,6 +25,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -51,12 +58,19 @@ EXAMPLE_QUEUES = (
     "exports",
     "thumbnails",
     "signups",
+    "credits",
 )
 
-#: Files outside docs/examples/ that pages include, and the test module that runs each.
+#: Files outside docs/examples/ that pages show, and the test module that runs each.
 TESTED_ELSEWHERE = {"examples/fastapi_app/app.py": "tests/test_fastapi.py"}
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.py"))
+
+_spec = importlib.util.spec_from_file_location("sync_docs", ROOT / "scripts" / "sync_docs.py")
+assert _spec is not None and _spec.loader is not None
+sync_docs = importlib.util.module_from_spec(_spec)
+sys.modules["sync_docs"] = sync_docs  # its dataclass looks its module up
+_spec.loader.exec_module(sync_docs)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -218,23 +232,62 @@ def fenced_blocks(markdown: str) -> Iterator[tuple[str, str]]:
 # -- the pages --------------------------------------------------------------------------------
 
 
-def test_every_python_block_is_an_included_example_file() -> None:
-    included: set[str] = set()
+def test_every_python_block_is_a_copy_of_an_example_file() -> None:
+    shown: set[str] = set()
     for page in sorted(DOCS.glob("*.md")):
-        for language, body in fenced_blocks(page.read_text()):
+        text = page.read_text()
+        marked = {copy.shown: copy for copy in sync_docs.copies(text)}
+        for language, body in fenced_blocks(text):
             if language not in ("python", "py", "python3"):
                 continue
-            match = re.fullmatch(r'--8<-- "([\w/]+\.py)"', body.strip())
-            assert match, f"{page.name}: a Python block that is not an example file:\n{body}"
-            path = match.group(1)
-            assert (ROOT / path).is_file(), path
+            copy = marked.get(textwrap.dedent(body))
+            assert copy is not None, (
+                f"{page.name}: a Python block without a <!-- docs/examples/<file>.py --> line "
+                f"just before it (every Python block is a copy of a tested file):\n{body}"
+            )
+            path = copy.source
+            assert (ROOT / path).is_file(), f"{page.name}: {path} does not exist"
             if path.startswith("docs/examples/"):
-                included.add(Path(path).name)
+                shown.add(Path(path).name)
             else:  # a file of the repository, imported by a test of its own
                 assert path in TESTED_ELSEWHERE, f"{page.name}: {path} is run by no test"
                 module = path.removesuffix(".py").replace("/", ".")
                 assert module in (ROOT / TESTED_ELSEWHERE[path]).read_text(), path
-    assert included == {path.name for path in EXAMPLE_FILES}, "examples not shown anywhere"
+    assert shown == {path.name for path in EXAMPLE_FILES}, "examples not shown anywhere"
+
+
+@pytest.mark.parametrize("page", sorted(DOCS.glob("*.md")), ids=lambda page: page.name)
+def test_the_code_shown_is_the_example_files_text(page: Path) -> None:
+    for copy in sync_docs.copies(page.read_text()):
+        assert copy.shown == copy.expected, (
+            f"docs/{page.name} shows an out-of-date copy of {copy.source}: "
+            f"run `python scripts/sync_docs.py docs/{page.name}` to copy the file in again"
+        )
+
+
+def test_pages_show_code_rather_than_include_it() -> None:
+    # Read on GitHub or in an editor, an include line shows no code.
+    for page in sorted(DOCS.glob("*.md")):
+        lines = [line for line in page.read_text().splitlines() if "--8<--" in line]
+        assert not lines, (
+            f"docs/{page.name} includes code by reference ({lines[0].strip()}): "
+            f"run `python scripts/sync_docs.py docs/{page.name}` to show the code itself"
+        )
+
+
+def test_sync_docs_copies_files_into_marked_blocks() -> None:
+    source = "docs/examples/first_actor.py"
+    text = (ROOT / source).read_text()
+    stale = f"Intro.\n\n<!-- {source} -->\n```python\nold\n```\n\n!!! note\n\n"
+    stale += f"    <!-- {source} -->\n    ```python\n    old\n    ```\n"
+    included = f'```python\n--8<-- "{source}"\n```\n'
+    for page in (stale, included):
+        synced = sync_docs.sync(page)
+        assert [copy.shown for copy in sync_docs.copies(synced)] == [text] * page.count("```python")
+        assert sync_docs.sync(synced) == synced
+        assert "--8<--" not in synced and [lang for lang, _ in fenced_blocks(synced)] == [
+            "python"
+        ] * page.count("```python")
 
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda path: path.name)
@@ -274,7 +327,7 @@ def test_mkdocs_build_is_strict_clean(tmp_path: Path) -> None:
         assert f'id="{name}"' in api, name
     assert ":class:`" not in api and ":func:`" not in api and ":meth:`" not in api
     started = (tmp_path / "getting-started" / "index.html").read_text()
-    assert "send_welcome_email" in started  # the snippets were included
+    assert "send_welcome_email" in started  # the examples are shown
     assert "aqueue.asgi.lifespan" in started  # ...from the repository's examples/ too
     for page in ["middleware", "testing", "deployment", "coming-from"]:
         assert (tmp_path / page / "index.html").is_file(), page
@@ -652,9 +705,25 @@ def test_the_example_tests_pass_as_testing_md_runs_them(
     assert result.returncode == 0, result.stdout + result.stderr
     tests = re.findall(r"^async def test_", (EXAMPLES / "test_signups.py").read_text(), re.M)
     assert f"{len(tests)} passed" in result.stdout, result.stdout
-    # Only the RabbitMQ runs declared the example's queue on the server.
+    # Only the RabbitMQ runs used the server, each test with queues of its own, which it
+    # deleted: the application's queue names were never declared.
     on_rabbitmq = "rabbitmq" in " ".join([*args, *env.values()])
-    assert await_(exists(examples.q("signups"))) == on_rabbitmq
+    assert ("aqueue: RabbitMQ at amqp://" in result.stdout) == on_rabbitmq, result.stdout
+    assert not await_(exists(examples.q("signups")))
+
+
+# -- guarantees.md ----------------------------------------------------------------------------
+
+
+async def test_an_idempotent_actor_runs_a_duplicate_once(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    idempotent = examples.load("idempotent")
+    await idempotent.main()
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == shown_output("guarantees.md", "a copy of a message")
+    assert await count(examples.q("credits")) == 0
+    assert await count(examples.q("credits") + ".XQ") == 0
 
 
 # -- deployment.md and coming-from.md ---------------------------------------------------------
