@@ -31,6 +31,7 @@ from ._loading import LoadError
 from .actor import Actor
 from .broker import Broker
 from .brokers.rabbitmq import RabbitmqBroker
+from .brokers.rabbitmq.management import ManagementApi, ManagementUnavailable
 from .dead_letters import DeadLetter
 from .errors import ValidationError
 from .message import Message
@@ -48,6 +49,7 @@ __all__ = [
     "letter_summary",
     "letter_text",
     "list_dead_letters",
+    "management_api",
     "parse_duration",
     "queue_rows",
     "queues_table",
@@ -71,23 +73,32 @@ class AdminError(Exception):
 
 @dataclass(frozen=True)
 class QueueRow:
-    """Counts of a queue and its dead-letter queue; None where a queue does not exist."""
+    """Counts of a queue and its dead-letter queue; None where a queue does not exist.
+
+    ``unacknowledged`` is asked of the management API only when ``unacked_asked``; it is
+    None with the reason in ``unacknowledged_unavailable`` when the API cannot tell.
+    """
 
     queue: str
     ready: int | None
     consumers: int | None
     dead_letter_queue: str
     dead_letters: int | None
+    unacked_asked: bool = False
+    unacknowledged: int | None = None
+    unacknowledged_unavailable: str | None = None
 
     def asdict(self) -> dict[str, Any]:
-        return {
-            "queue": self.queue,
-            "exists": self.ready is not None,
-            "ready": self.ready,
-            "consumers": self.consumers,
-            "dead_letter_queue": self.dead_letter_queue,
-            "dead_letters": self.dead_letters,
-        }
+        row: dict[str, Any] = {"queue": self.queue, "exists": self.ready is not None}
+        row["ready"] = self.ready
+        if self.unacked_asked:
+            row["unacknowledged"] = self.unacknowledged
+        row["consumers"] = self.consumers
+        row["dead_letter_queue"] = self.dead_letter_queue
+        row["dead_letters"] = self.dead_letters
+        if self.unacked_asked:
+            row["unacknowledged_unavailable"] = self.unacknowledged_unavailable
+        return row
 
 
 def queue_names_of(broker: Broker, names: Sequence[str]) -> list[str]:
@@ -103,13 +114,32 @@ def queue_names_of(broker: Broker, names: Sequence[str]) -> list[str]:
     return sorted(broker.queue_names)
 
 
-async def queue_rows(broker: Broker, names: Sequence[str]) -> list[QueueRow]:
-    """Ready and consumer counts of each queue and its dead-letter queue (passive declares)."""
+def management_api(broker: Broker, url: str | None = None) -> ManagementApi | str:
+    """The management API of ``broker``'s cluster (at ``url`` if given), or why there is none."""
+    if not isinstance(broker, RabbitmqBroker):
+        return f"not a RabbitMQ broker ({type(broker).__name__})"
+    try:
+        return ManagementApi.for_broker(broker.urls, url)
+    except ValueError as exc:
+        raise AdminError(str(exc), EXIT_USAGE_ERROR) from None
+
+
+async def queue_rows(
+    broker: Broker, names: Sequence[str], *, management: ManagementApi | str | None = None
+) -> list[QueueRow]:
+    """Ready and consumer counts of each queue and its dead-letter queue (passive declares)
+    and, given a ``management`` API (or the reason there is none), unacknowledged counts."""
     rows = []
     for name in names:
         info = await broker.queue_info(name)
         dlq = dead_letter_queue_name(name)
         dead = await broker.queue_info(dlq)
+        unacked: int | None = None
+        unavailable: str | None = None
+        if info is not None and isinstance(management, ManagementApi):
+            unacked, unavailable = await _unacknowledged(management, name)
+        elif info is not None and isinstance(management, str):
+            unavailable = management
         rows.append(
             QueueRow(
                 queue=name,
@@ -117,9 +147,24 @@ async def queue_rows(broker: Broker, names: Sequence[str]) -> list[QueueRow]:
                 consumers=None if info is None else info.consumers,
                 dead_letter_queue=dlq,
                 dead_letters=None if dead is None else dead.ready,
+                unacked_asked=management is not None,
+                unacknowledged=unacked,
+                unacknowledged_unavailable=unavailable,
             )
         )
     return rows
+
+
+async def _unacknowledged(management: ManagementApi, name: str) -> tuple[int | None, str | None]:
+    try:
+        counts = await management.queue_counts(name)
+    except ManagementUnavailable as exc:
+        return None, f"management API unavailable ({exc})"
+    if counts is None:
+        return None, f"the management API does not know the queue (vhost {management.vhost!r})"
+    if counts.unacknowledged is None:
+        return None, "the management API has no statistics for the queue yet"
+    return counts.unacknowledged, None
 
 
 # -- dead letters -----------------------------------------------------------------------------

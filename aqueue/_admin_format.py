@@ -28,6 +28,7 @@ __all__ = [
     "letter_text",
     "parse_duration",
     "queues_table",
+    "unacked_note",
 ]
 
 # -- durations --------------------------------------------------------------------------------
@@ -106,17 +107,34 @@ def _one_line(text: str | None, width: int) -> str:
 
 
 def queues_table(rows: Sequence[QueueRow]) -> str:
+    """The queues, with an UNACKED column when the unacknowledged counts were asked for."""
+    unacked = any(row.unacked_asked for row in rows)
+    header = ("QUEUE", "READY", *(("UNACKED",) if unacked else ()), "CONSUMERS", "DEAD LETTERS")
     return format_table(
-        ("QUEUE", "READY", "CONSUMERS", "DEAD LETTERS"),
+        header,
         [
             (
                 row.queue if row.ready is not None else f"{row.queue} (missing)",
                 row.ready,
+                *((row.unacknowledged,) if unacked else ()),
                 row.consumers,
                 row.dead_letters,
             )
             for row in rows
         ],
+    )
+
+
+def unacked_note(rows: Sequence[QueueRow]) -> str | None:
+    """One line saying why unacknowledged counts are missing, if some are."""
+    reasons = [r for r in dict.fromkeys(row.unacknowledged_unavailable for row in rows) if r]
+    if not reasons:
+        return None
+    return (
+        "unacknowledged counts unavailable: "
+        + "; ".join(reasons)
+        + " (the management API needs the rabbitmq_management plugin; --management-url or "
+        "AQUEUE_MANAGEMENT_URL say where it is)"
     )
 
 

@@ -25,7 +25,12 @@ class QueuePlan:
 
 
 def plan_queues(
-    broker: Broker, queues: Sequence[str] | None, *, concurrency: int, threads: int
+    broker: Broker,
+    queues: Sequence[str] | None,
+    *,
+    concurrency: int,
+    threads: int,
+    prefetch_exact: bool = False,
 ) -> list[QueuePlan]:
     """Queues, prefetch counts and limits; WorkerError if there is nothing to run.
 
@@ -34,6 +39,10 @@ def plan_queues(
         queues: The queues asked for; None for every queue that has an actor.
         concurrency: Default concurrency of ``async def`` actors.
         threads: Threads for blocking actors (also their default concurrency).
+        prefetch_exact: Fetch only what can run: a queue's prefetch is the sum of its
+            actors' concurrency, without the headroom blocking actors get otherwise (for
+            autoscaled fleets, where a message held by a busy worker is one an idle or
+            new worker cannot take).
     """
     by_queue: dict[str, list[Actor[Any, Any]]] = {}
     for actor in broker.actors.values():
@@ -53,7 +62,9 @@ def plan_queues(
         plan = QueuePlan(name=name, actors=actors, prefetch=0)
         for actor in actors:
             limit = _concurrency_of(actor, concurrency=concurrency, threads=threads)
-            plan.prefetch += _prefetch_of(actor, limit, threads=threads)
+            plan.prefetch += (
+                limit if prefetch_exact else _prefetch_of(actor, limit, threads=threads)
+            )
             if len(actors) > 1:
                 plan.limiters[actor.actor_name] = anyio.CapacityLimiter(limit)
         plans.append(plan)

@@ -6,6 +6,13 @@ For a queue ``q``:
 * ``q``: durable; messages rejected there are dead-lettered through the default
   exchange to ``q.XQ``.
 * ``q.XQ``: durable dead-letter queue, kept until an operator acts on it.
+* ``aqueue.delay.NN`` / ``aqueue.qdelay.NN`` (classic / quorum work queues): the delay
+  levels, durable queues with a fixed message TTL that dead-letter to the level below.
+
+Every queue is durable and none is exclusive or auto-deleted; the only arguments are
+dead-lettering, TTL, ``x-queue-type``, ``x-overflow`` and ``x-delivery-limit``. None of
+``x-queue-mode``, ``x-queue-version`` or ``x-consumer-timeout``, so RabbitMQ 4.3
+accepts all of them (``brokers.rabbitmq.server.refused_by_rabbitmq_4_3``).
 """
 
 from __future__ import annotations

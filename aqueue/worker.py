@@ -48,6 +48,9 @@ class Worker:
             concurrency).
         shutdown_timeout: Seconds ``stop()`` lets running actors finish before it
             requeues what is left.
+        prefetch_exact: Fetch only what runs: each queue's prefetch is exactly the sum of
+            its actors' concurrency, without the headroom blocking actors get otherwise
+            (for autoscaled fleets, so the backlog stays visible in the queue).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class Worker:
         concurrency: int = 100,
         threads: int = 8,
         shutdown_timeout: float = 30.0,
+        prefetch_exact: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -68,6 +72,7 @@ class Worker:
         self.concurrency = concurrency
         self.threads = threads
         self.shutdown_timeout = shutdown_timeout
+        self.prefetch_exact = prefetch_exact
         self._plans: list[QueuePlan] = []
         self._consumers: list[Consumer] = []
         self._running: set[asyncio.Task[Any]] = set()
@@ -92,7 +97,11 @@ class Worker:
     def plan(self) -> list[QueuePlan]:
         """Work out queues, prefetch counts and limits; WorkerError if there is nothing to run."""
         return plan_queues(
-            self.broker, self.queues, concurrency=self.concurrency, threads=self.threads
+            self.broker,
+            self.queues,
+            concurrency=self.concurrency,
+            threads=self.threads,
+            prefetch_exact=self.prefetch_exact,
         )
 
     async def start(self) -> None:

@@ -14,6 +14,7 @@ from .. import _admin, _admin_format
 from .._admin import AdminError
 from .._loading import LoadError
 from ..brokers.rabbitmq import RabbitmqBroker
+from ..brokers.rabbitmq.management import MANAGEMENT_URL_ENVIRONMENT_VARIABLE
 from ._common import DURATION, EXIT_USAGE_ERROR, fail
 from ._operator import broker_option, echo_json, json_option, operate, operator_broker
 
@@ -24,22 +25,44 @@ __all__ = ["check", "queues", "send"]
 @click.argument("queue_names", nargs=-1, metavar="[QUEUE ...]")
 @broker_option
 @json_option
-def queues(queue_names: tuple[str, ...], broker_spec: str | None, as_json: bool) -> None:
+@click.option(
+    "--unacked",
+    is_flag=True,
+    help="Also count unacknowledged messages (held by workers), from the management HTTP API.",
+)
+@click.option(
+    "--management-url",
+    metavar="URL",
+    envvar=MANAGEMENT_URL_ENVIRONMENT_VARIABLE,
+    help="The management API for --unacked, e.g. http://rabbit:15672/ (credentials and vhost "
+    "of the broker URL unless given); default: port 15672 (15671 for amqps) of each broker "
+    f"host. Env: {MANAGEMENT_URL_ENVIRONMENT_VARIABLE}.",
+)
+def queues(
+    queue_names: tuple[str, ...],
+    broker_spec: str | None,
+    as_json: bool,
+    unacked: bool,
+    management_url: str | None,
+) -> None:
     """Ready messages, consumers and dead letters of each QUEUE.
 
     Without QUEUE names, the queues of the actors of --broker's module. Counts come
     from passive declares: no management plugin needed. A queue that does not
-    exist is shown as missing.
+    exist is shown as missing. With --unacked, also the messages delivered and not
+    acknowledged yet, which only the management plugin's HTTP API counts: null (and
+    the reason) when it cannot be asked.
     """
     broker = operator_broker(broker_spec)
     try:
         names = _admin.queue_names_of(broker, queue_names)
+        management = _admin.management_api(broker, management_url) if unacked else None
     except AdminError as exc:
         fail(str(exc), exc.exit_code)
 
     async def work() -> list[_admin.QueueRow]:
         try:
-            return await _admin.queue_rows(broker, names)
+            return await _admin.queue_rows(broker, names, management=management)
         finally:
             await broker.close()
 
@@ -48,6 +71,9 @@ def queues(queue_names: tuple[str, ...], broker_spec: str | None, as_json: bool)
         echo_json([row.asdict() for row in rows])
     else:
         click.echo(_admin_format.queues_table(rows))
+        note = _admin_format.unacked_note(rows)
+        if note is not None:
+            click.echo(note, err=True)
 
 
 @click.command()

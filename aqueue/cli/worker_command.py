@@ -20,6 +20,7 @@ import click
 from .._loading import LoadError, load_broker
 from .._logging import configure_logging
 from .._url import redact_url
+from ..brokers.rabbitmq.server import format_version
 from ..errors import BrokerConnectionError, WorkerError
 from ..worker import Worker
 from ._common import EXIT_RUNTIME_ERROR, EXIT_USAGE_ERROR, fail, log
@@ -72,6 +73,13 @@ _UNANSWERED_CLOSE = 5.0
     help="Seconds running messages get to finish on SIGTERM/SIGINT before they are given back.",
 )
 @click.option(
+    "--prefetch-exact",
+    is_flag=True,
+    help="Fetch only what runs: prefetch equal to concurrency, without the headroom of "
+    "blocking actors (for autoscaled fleets: the backlog stays in the queue, where the "
+    "autoscaler sees it and new workers take it).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
@@ -111,6 +119,7 @@ def worker(
     threads: int,
     processes: int,
     shutdown_timeout: float,
+    prefetch_exact: bool,
     log_level: str,
     log_format: str,
     metrics_port: int | None,
@@ -136,6 +145,7 @@ def worker(
             concurrency=concurrency,
             threads=threads,
             shutdown_timeout=shutdown_timeout,
+            prefetch_exact=prefetch_exact,
         )
         work.plan()
         if metrics is not None:
@@ -200,6 +210,9 @@ async def _serve(work: Worker) -> None:
         broker_url = (
             redact_url(getattr(work.broker, "url", "")) if hasattr(work.broker, "url") else ""
         )
+        version = getattr(work.broker, "server_version", None)
+        if broker_url and version is not None:
+            broker_url += f" (RabbitMQ {format_version(version)})"
         queues = ", ".join(f"{p.name} (prefetch {p.prefetch})" for p in work._plans)
         log.info(
             "worker started: pid %d, broker %s, queues %s, concurrency %d, threads %d",

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import aiormq
@@ -34,6 +33,7 @@ from .consumer import QueueConsumer
 from .dead_letters import read_dead_letters, take_dead_letters
 from .declarations import Declarations
 from .publisher import Publisher
+from .server import ServerVersion
 from .urls import broker_urls, describe_urls
 
 log = logging.getLogger("aqueue.brokers.rabbitmq")
@@ -76,7 +76,9 @@ class RabbitmqBroker(Broker):
             (delays and dead letters included) and count deliveries.
         queue_types: Per-queue overrides of ``queue_type``, e.g. ``{"payments": "quorum"}``.
         delivery_limit: For quorum queues, RabbitMQ dead-letters a message delivered more
-            often than this (default 20); a backstop to ``max_redeliveries``.
+            often than this (default 20, declared as ``x-delivery-limit`` so that it is the
+            same on RabbitMQ 3.x and 4.x); a backstop to ``max_redeliveries``. None declares
+            no limit: none on 3.x, RabbitMQ's default of 20 on 4.x.
         max_message_size: Largest message body in bytes (default 1 MiB): a larger
             ``send()`` raises :class:`~aqueue.ValidationError`, a larger delivery is
             dead-lettered.
@@ -139,6 +141,7 @@ class RabbitmqBroker(Broker):
             delivery_limit=delivery_limit,
             timeout=publish_timeout,
             describe_node=lambda: self._control.node,
+            server_version=lambda: self.server_version,
         )
         self._consumers: list[QueueConsumer] = []
 
@@ -184,6 +187,13 @@ class RabbitmqBroker(Broker):
     def blocked_reason(self) -> str | None:
         """RabbitMQ's reason for blocking the publishing connection, or None."""
         return self._publishing.blocked_reason
+
+    @property
+    def server_version(self) -> ServerVersion | None:
+        """The RabbitMQ version, e.g. ``(3, 10, 8)``, read from the server properties of the
+        last connect (None before the first). What depends on it (a quorum queue's default
+        delivery limit, what a consumer timeout does) is in ``brokers/rabbitmq/server.py``."""
+        return self._control.server_version or self._publishing.server_version
 
     @property
     def _control(self) -> RoleConnection:
@@ -331,7 +341,7 @@ class RabbitmqBroker(Broker):
 
     async def dead_letters(self, queue_name: str, *, limit: int = 100) -> list[DeadLetter]:
         """Read up to ``limit`` dead letters of ``queue_name``; they stay in ``<queue>.XQ``."""
-        async with self._temporary_channel() as channel:
+        async with self._control.temporary_channel() as channel:
             return await read_dead_letters(channel, queue_name, limit)
 
     async def requeue_dead_letters(
@@ -354,7 +364,7 @@ class RabbitmqBroker(Broker):
         async def requeue(letter: DeadLetter) -> None:
             await self._publish_message(replay_message(letter, queue_name), None)
 
-        async with self._temporary_channel() as channel:
+        async with self._control.temporary_channel() as channel:
             return await take_dead_letters(channel, queue_name, select, requeue, limit)
 
     async def purge_dead_letters(
@@ -370,15 +380,5 @@ class RabbitmqBroker(Broker):
         async def drop(letter: DeadLetter) -> None:
             pass
 
-        async with self._temporary_channel() as channel:
+        async with self._control.temporary_channel() as channel:
             return await take_dead_letters(channel, queue_name, select, drop, None)
-
-    @contextlib.asynccontextmanager
-    async def _temporary_channel(self) -> AsyncIterator[aiormq.abc.AbstractChannel]:
-        connection = await self._control.connect()
-        channel = connection.channel(publisher_confirms=False)
-        await channel.initialize()
-        try:
-            yield await channel.get_underlay_channel()
-        finally:
-            await channel.close()

@@ -11,11 +11,12 @@ next URL of the list whenever an attempt fails or the connection is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aio_pika
@@ -27,6 +28,7 @@ from ..._url import describe_url
 from ...errors import BrokerConnectionError
 from .errors import CONNECTION_ERRORS, CONNECTION_ERRORS_OR_TIMEOUT, describe_error
 from .flow_control import watch_flow_control
+from .server import ServerVersion, format_version, server_version_of
 
 log = logging.getLogger("aqueue.brokers.rabbitmq")
 
@@ -88,6 +90,8 @@ class RoleConnection:
     Attributes:
         role: ``"publish"``, ``"consume"`` or ``"publish+consume"`` (in the connection name).
         blocked_reason: Why RabbitMQ blocks this connection (a resource alarm), or None.
+        server_version: The RabbitMQ version of the node this connection last opened on
+            (read from its ``server_properties`` at every connect), or None before that.
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class RoleConnection:
         self.connection: _RotatingConnection | None = None
         self._lock: asyncio.Lock | None = None
         self.blocked_reason: str | None = None
+        self.server_version: ServerVersion | None = None
         self._blocked_since = 0.0
         self._unblocked: asyncio.Event | None = None
         self._channels: dict[str, AbstractRobustChannel] = {}
@@ -259,7 +264,23 @@ class RoleConnection:
             )
         return channel
 
+    @contextlib.asynccontextmanager
+    async def temporary_channel(self) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+        """A channel of its own for one operation (dead-letter reads), closed after it."""
+        connection = await self.connect()
+        channel = connection.channel(publisher_confirms=False)
+        await channel.initialize()
+        try:
+            yield await channel.get_underlay_channel()
+        finally:
+            await channel.close()
+
     def _on_transport(self, transport: aiormq.abc.AbstractConnection) -> None:
+        # Each connect may reach another node, of another version (a rolling upgrade).
+        version = server_version_of(getattr(transport, "server_properties", None))
+        if version != self.server_version:
+            log.debug("%s connection: RabbitMQ %s", self.role, format_version(version))
+        self.server_version = version
         # A new connection starts unblocked; watch it for RabbitMQ's alarms.
         if self.blocked_reason is not None:
             self._set_unblocked()

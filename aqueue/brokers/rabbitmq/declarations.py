@@ -1,8 +1,14 @@
-"""Declaring queues and the delay levels once, even under concurrent first sends."""
+"""Declaring queues and the delay levels once, even under concurrent first sends.
+
+Everything declared here passes RabbitMQ 4.3's rules (durable, no ``x-queue-mode``, no
+``x-queue-version``, no ``x-consumer-timeout``): see ``server.refused_by_rabbitmq_4_3``
+and the table in docs/deployment.md.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 import aiormq
@@ -21,6 +27,9 @@ from ...topology import (
     queue_arguments,
 )
 from .errors import CONNECTION_ERRORS, describe_error
+from .server import ServerVersion, default_delivery_limit, format_version
+
+log = logging.getLogger("aqueue.brokers.rabbitmq")
 
 _DELAYS = "aqueue.delay."  # key prefix in Declarations._done; no queue has such a name
 
@@ -40,12 +49,15 @@ class Declarations:
         delivery_limit: int | None,
         timeout: float,
         describe_node: Callable[[], str],
+        server_version: Callable[[], ServerVersion | None] = lambda: None,
     ) -> None:
         self._channel = channel
         self._queue_type_of = queue_type_of
         self._delivery_limit = delivery_limit
         self._timeout = timeout
         self._describe_node = describe_node
+        self._server_version = server_version
+        self._told_default_limit = False
         # Declarations done or under way, shared so that concurrent first sends declare once.
         self._done: dict[str, asyncio.Future[None]] = {}
 
@@ -107,6 +119,8 @@ class Declarations:
         channel = await self._channel()
         kind = self._queue_type_of(queue_name)
         arguments = queue_arguments(queue_name, kind, delivery_limit=self._delivery_limit)
+        if kind == "quorum" and self._delivery_limit is None:
+            self._tell_default_limit(queue_name)
         # One answer at a time, so that a clash (a queue that exists with other arguments)
         # is reported as such.
         await channel.queue_declare(
@@ -118,6 +132,21 @@ class Declarations:
         await channel.queue_declare(queue_name, durable=True, arguments=arguments)
         await channel.queue_bind(
             queue_name, DELIVERY_EXCHANGE, routing_key=delivery_binding_key(queue_name)
+        )
+
+    def _tell_default_limit(self, queue_name: str) -> None:
+        # delivery_limit=None declares no x-delivery-limit: what that means is the server's.
+        version = self._server_version()
+        limit = default_delivery_limit(version)
+        if limit is None or self._told_default_limit:
+            return
+        self._told_default_limit = True
+        log.info(
+            "quorum queue %s is declared without a delivery limit (delivery_limit=None): "
+            "RabbitMQ %s applies its default of %d deliveries, then dead-letters the message",
+            queue_name,
+            format_version(version),
+            limit,
         )
 
     async def _declare_delay_levels(self, queue_type: QueueType) -> None:
