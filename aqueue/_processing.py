@@ -67,7 +67,8 @@ class MessageProcessor:
         self._message_options: frozenset[str] = frozenset()
         self._deadlines = Deadlines()
         self._recent = RecentMessages()
-        self._returned: set[Delivery] = set()  # deliveries given back, requeued or lost
+        # Deliveries that ended without finishing: given back, requeued, lost, handed on.
+        self._returned: set[Delivery] = set()
 
     def prepare(self) -> None:
         """Take the broker's middleware and options as they are now: when the worker starts."""
@@ -125,10 +126,12 @@ class MessageProcessor:
             return
         self.broker._message_received(message)
         recent = self._recent
-        key = recent.key(message.message_id, delivery.body)
+        options = message.options
+        key = recent.key(message.message_id, options.get("retries", 0))
         redelivered = delivery.redelivered
-        if redelivered:
-            # RabbitMQ's copy of a message this process ran when its connection dropped.
+        if redelivered or options.get("redeliveries"):
+            # RabbitMQ's copy of a message this process ran when its connection dropped, or
+            # that copy counted and republished by the redelivery limit of another process.
             while (earlier := recent.running(key)) is not None:
                 await asyncio.shield(earlier)
             ended = recent.ended(key)
@@ -252,6 +255,8 @@ class MessageProcessor:
             }
             await self._dead_letter(plan.name, delivery, headers, message.message_id)
         else:
+            # Not finished: e.g. the redelivery limit handed it on to a copy it published.
+            self._returned.add(delivery)
             await delivery.ack()
 
     async def _requeue_after_middleware_error(

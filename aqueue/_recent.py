@@ -9,8 +9,9 @@ wait for the run in progress and then settle the copy the same way, ack at once 
 of a message that finished, and tell the redelivery counter that a copy came back for a
 reason this process knows (its connection dropped), not because a worker died on it.
 
-A message is known by its id and its body, so retries and counted redeliveries (same
-id, other options) are distinct messages.
+A message is known by its id and its retry count: a retry is another attempt, while a
+copy that a redelivery counter republished (in this process or another one that got
+RabbitMQ's copy) is the same attempt.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import enum
 
 __all__ = ["Outcome", "RecentMessages"]
 
-Key = tuple[str, int]
+Key = tuple[str, object]
 
 
 class Outcome(enum.Enum):
@@ -42,8 +43,8 @@ class RecentMessages:
         self._ended: collections.OrderedDict[Key, Outcome] = collections.OrderedDict()
 
     @staticmethod
-    def key(message_id: str, body: bytes) -> Key:
-        return (message_id, hash(body))
+    def key(message_id: str, retries: object) -> Key:
+        return (message_id, retries)
 
     def running(self, key: Key) -> asyncio.Future[Outcome] | None:
         """The outcome-to-be of the run of ``key`` in progress here, if any."""

@@ -133,11 +133,13 @@ def dead_letter_filter(
 
 
 def replay_message(letter: DeadLetter, queue_name: str) -> Message:
-    """The message of a dead letter, ready to send again: retry counters reset.
+    """The message of a dead letter, ready to send again: retry and redelivery counters reset.
 
     Raises:
         MessageDecodeError: the dead letter is not an aqueue message.
     """
     message = Message.decode(letter.body)
-    options = {k: v for k, v in message.options.items() if k not in ("retries", "first_failed_at")}
+    # Counters reset: a replay is a new attempt, not a copy of the one that failed.
+    counters = ("retries", "first_failed_at", "redeliveries")
+    options = {k: v for k, v in message.options.items() if k not in counters}
     return msgspec.structs.replace(message, queue_name=queue_name, options=options)
