@@ -31,6 +31,7 @@ from .errors import (
 )
 from .message import Message
 from .middleware import Middleware, SkipMessage
+from .schedules import Schedule, schedule
 from .worker import Worker
 
 # The default broker is a RabbitmqBroker on AQUEUE_BROKER_URL; the modules below this one
@@ -48,6 +49,9 @@ __all__ = [
     "Message",
     "actor",
     "current_message",
+    # schedules
+    "Schedule",
+    "schedule",
     # brokers
     "Broker",
     "InMemoryBroker",

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from ._actor_options import CORE_ACTOR_OPTIONS as CORE_ACTOR_OPTIONS
+from ._actor_options import accepted_options, normalize_options
 from ._default_broker import get_broker, set_broker
+from ._deliveries import Consumer, Delivery, DeliveryHandler
+from ._durations import Duration
 from ._in_flight import InFlightTracking
 from .actor import Actor
 from .actor import actor as _declare_actor
@@ -17,6 +21,7 @@ from .dead_letters import DeadLetter
 from .errors import ActorDefinitionError, ActorNotFound, ValidationError
 from .message import Message
 from .middleware import Middleware, default_middleware
+from .schedules import Schedule, make_schedule
 from .topology import MAX_DELAY_SECONDS
 
 if TYPE_CHECKING:
@@ -25,58 +30,20 @@ if TYPE_CHECKING:
     P = ParamSpec("P")
     R = TypeVar("R")
 
-__all__ = ["Broker", "Consumer", "Delivery", "QueueInfo", "get_broker", "set_broker"]
+__all__ = [
+    "Broker",
+    "Consumer",
+    "Delivery",
+    "DeliveryHandler",
+    "QueueInfo",
+    "get_broker",
+    "set_broker",
+]
 
 #: Largest encoded message accepted at send and at receive, in bytes (1 MiB).
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 
-#: Options every actor accepts, whatever the middleware.
-CORE_ACTOR_OPTIONS = frozenset({"actor_name", "queue_name", "concurrency", "broker"})
-
 _B = TypeVar("_B", bound="Broker")
-
-
-class Delivery(Protocol):
-    """One message handed to a worker by a broker, to be settled exactly once."""
-
-    @property
-    def body(self) -> bytes: ...
-
-    @property
-    def redelivered(self) -> bool: ...
-
-    @property
-    def message_id(self) -> str | None:
-        """The message id the publisher set (the AMQP property), if any."""
-
-    @property
-    def lost(self) -> bool:
-        """Whether the broker took the message back already (its channel or consumer
-        closed, e.g. with a lost connection): settling it does nothing, and the broker
-        delivers it again, marked redelivered."""
-
-    async def ack(self) -> None:
-        """Tell the broker the message is done with."""
-
-    async def requeue(self) -> None:
-        """Give the message back to its queue, to be delivered again."""
-
-
-class Consumer(Protocol):
-    """A subscription of a worker to one queue."""
-
-    @property
-    def consuming(self) -> bool:
-        """Whether the queue is subscribed now (False while subscribing again, or stopped)."""
-
-    async def cancel(self) -> None:
-        """Stop receiving new deliveries; deliveries already received stay valid."""
-
-    async def close(self) -> None:
-        """Release the subscription; unsettled deliveries go back to the queue."""
-
-
-DeliveryHandler = Callable[[Delivery], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -99,6 +66,7 @@ class Broker(InFlightTracking):
 
     Attributes:
         actors: The registered actors by name.
+        schedules: The registered schedules by name.
     """
 
     def __init__(
@@ -112,6 +80,7 @@ class Broker(InFlightTracking):
             raise ValueError("max_message_size must be a positive number of bytes")
         self.max_message_size = max_message_size
         self.actors: dict[str, Actor[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
         self.middleware: list[Middleware] = (
             default_middleware() if middleware is None else list(middleware)
         )
@@ -140,10 +109,7 @@ class Broker(InFlightTracking):
     @property
     def actor_options(self) -> frozenset[str]:
         """Names of the options actors of this broker may set (core and middleware)."""
-        names = set(CORE_ACTOR_OPTIONS)
-        for m in self.middleware:
-            names |= m.actor_options
-        return frozenset(names)
+        return accepted_options(self.middleware)
 
     def normalize_options(
         self, options: dict[str, Any], *, owner: str, for_message: bool = False
@@ -154,23 +120,7 @@ class Broker(InFlightTracking):
             ActorDefinitionError: for actor options (``for_message=False``).
             ValidationError: for per-message options.
         """
-        error: type[Exception] = ValidationError if for_message else ActorDefinitionError
-        normalized: dict[str, Any] = {}
-        for name, value in options.items():
-            owner_middleware = next((m for m in self.middleware if name in m.actor_options), None)
-            if owner_middleware is None:
-                middleware_options = self.actor_options - CORE_ACTOR_OPTIONS
-                accepted = sorted(
-                    middleware_options if for_message else self.actor_options - {"broker"}
-                )
-                raise error(f"{owner}: unknown option {name!r} (accepted: {', '.join(accepted)})")
-            if for_message and name in getattr(owner_middleware, "actor_only_options", ()):
-                raise error(f"{owner}: option {name!r} can only be set on the actor")
-            try:
-                normalized[name] = owner_middleware.normalize_option(name, value)
-            except (ValueError, TypeError) as exc:  # ActorDefinitionError is a TypeError
-                raise error(f"{owner}: {exc}") from None
-        return normalized
+        return normalize_options(self.middleware, options, owner=owner, for_message=for_message)
 
     def register(self, actor: Actor[Any, Any]) -> None:
         """Add an actor; called by the actor itself. Names must be unique per broker."""
@@ -188,6 +138,45 @@ class Broker(InFlightTracking):
             return self.actors[actor_name]
         except KeyError:
             raise ActorNotFound(f"no actor named {actor_name!r} is registered") from None
+
+    def schedule(
+        self,
+        actor: Actor[..., Any],
+        *,
+        cron: str | None = None,
+        every: Duration | None = None,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        timezone: str = "UTC",
+        misfire_grace: Duration = 60.0,
+    ) -> Schedule:
+        """Call ``actor`` (one of this broker's) periodically; see :func:`aqueue.schedule`.
+
+        Raises:
+            ValueError: a bad schedule (see :func:`aqueue.schedule`), an actor of
+                another broker, or a schedule of that name already registered here.
+            ValidationError: ``args`` and ``kwargs`` do not fit the actor's signature.
+        """
+        schedule = make_schedule(
+            actor,
+            cron=cron,
+            every=every,
+            args=args,
+            kwargs=kwargs,
+            name=name,
+            timezone=timezone,
+            misfire_grace=misfire_grace,
+        )
+        if actor.broker is not self:
+            raise ValueError(f"schedule {schedule.name!r}: {actor!r} belongs to another broker")
+        if schedule.name in self.schedules:
+            raise ValueError(
+                f"a schedule named {schedule.name!r} is already registered "
+                f"({self.schedules[schedule.name].describe()}); pass name=... to tell them apart"
+            )
+        self.schedules[schedule.name] = schedule
+        return schedule
 
     @property
     def queue_names(self) -> set[str]:

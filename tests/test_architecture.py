@@ -34,14 +34,27 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     (
         "contracts",
-        ["aqueue.middleware.base", "aqueue.context", "aqueue._default_broker", "aqueue._in_flight"],
+        [
+            "aqueue.middleware.base",
+            "aqueue.context",
+            "aqueue._default_broker",
+            "aqueue._in_flight",
+            "aqueue._actor_options",
+            "aqueue._deliveries",
+        ],
     ),
-    ("actors", ["aqueue.actor"]),
+    ("actors", ["aqueue.actor", "aqueue.schedules"]),
     ("middleware", ["aqueue.middleware"]),
     ("broker interface", ["aqueue.broker"]),
     (
         "runtime",
-        ["aqueue.worker", "aqueue._plans", "aqueue._processing", "aqueue._decoding"],
+        [
+            "aqueue.worker",
+            "aqueue._plans",
+            "aqueue._processing",
+            "aqueue._decoding",
+            "aqueue._scheduler",
+        ],
     ),
     ("implementations", ["aqueue.brokers"]),
     (
