@@ -18,6 +18,7 @@ from typing import Any
 from ._plans import QueuePlan, plan_queues
 from ._processing import MessageProcessor
 from ._processing import MessageTooLarge as MessageTooLarge
+from ._scheduler import Scheduler
 from .broker import Broker, Consumer, Delivery
 
 __all__ = ["Worker"]
@@ -48,6 +49,9 @@ class Worker:
             concurrency).
         shutdown_timeout: Seconds ``stop()`` lets running actors finish before it
             requeues what is left.
+        scheduler: Run the broker's schedules in this worker too (see
+            :func:`aqueue.schedule`): of all the processes that run them, one at a time
+            fires the ticks.
         prefetch_exact: Fetch only what runs: each queue's prefetch is exactly the sum of
             its actors' concurrency, without the headroom blocking actors get otherwise
             (for autoscaled fleets, so the backlog stays visible in the queue).
@@ -62,6 +66,7 @@ class Worker:
         threads: int = 8,
         shutdown_timeout: float = 30.0,
         prefetch_exact: bool = False,
+        scheduler: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -73,6 +78,8 @@ class Worker:
         self.threads = threads
         self.shutdown_timeout = shutdown_timeout
         self.prefetch_exact = prefetch_exact
+        self.scheduler: Scheduler | None = None
+        self._runs_schedules = scheduler
         self._plans: list[QueuePlan] = []
         self._consumers: list[Consumer] = []
         self._running: set[asyncio.Task[Any]] = set()
@@ -132,6 +139,13 @@ class Worker:
         if failures:
             await self._close_consumers()
             raise failures[0]
+        if self._runs_schedules and self.broker.schedules:
+            self.scheduler = Scheduler(self.broker)
+            try:
+                await self.scheduler.start()
+            except BaseException:
+                await self._close_consumers()
+                raise
         self._started = True
         for m in stack:
             await m.after_worker_boot(self.broker, self)
@@ -157,6 +171,11 @@ class Worker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self._processor.stopping = True
+        if self.scheduler is not None:
+            # First, so that another process takes the schedules over at once.
+            scheduler, self.scheduler = self.scheduler, None
+            if not await _all_within([scheduler.stop()], _broker_wait(deadline)):
+                log.warning("the scheduler did not stop in time (the broker did not answer)")
         for m in self.broker.middleware:
             await m.before_worker_shutdown(self.broker, self)
         answered = await _all_within(

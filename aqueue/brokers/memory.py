@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import heapq
 import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
 from ..broker import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -25,27 +23,11 @@ from ..errors import UnroutableError
 from ..message import Message
 from ..middleware import Middleware
 from ..topology import DEAD_LETTER_SUFFIX
+from ._memory_queues import _Envelope, _MemoryConsumer, _MemoryDelivery, _Queue
 
 __all__ = ["InMemoryBroker"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Envelope:
-    body: bytes
-    message_id: str | None
-    headers: dict[str, str] = field(default_factory=dict)
-    redelivered: bool = False
-
-
-class _Queue:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.ready: collections.deque[_Envelope] = collections.deque()
-        self.dead: list[DeadLetter] = []
-        self.consumers: list[_MemoryConsumer] = []
-        self.changed = asyncio.Event()
 
 
 class InMemoryBroker(Broker):
@@ -75,6 +57,7 @@ class InMemoryBroker(Broker):
         self._sequence = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._fast_forward_depth = 0
+        self._clock_offset = 0.0  # seconds fast_forward moved the schedules' clock on
 
     def __repr__(self) -> str:
         return "InMemoryBroker()"
@@ -168,11 +151,21 @@ class InMemoryBroker(Broker):
     async def fast_forward(self, seconds: float | None = None) -> int:
         """Release now the delayed messages due within ``seconds`` (all when None).
 
-        Retries count as delayed messages, so this also skips their backoff.
-        Returns how many messages were released.
+        Retries count as delayed messages, so this also skips their backoff. The clock
+        of schedules moves on by ``seconds`` too, and every tick passed fires (once) now,
+        before this returns. Returns how many delayed messages were released.
         """
         until = float("inf") if seconds is None else time.monotonic() + seconds
-        return self._release_due(until)
+        released = self._release_due(until)
+        if seconds is not None and seconds > 0:
+            self._clock_offset += seconds
+            for listener in list(self._clock_listeners):
+                await listener()
+        return released
+
+    def _now(self) -> float:
+        """The real time, plus every ``fast_forward(seconds)`` so far."""
+        return time.time() + self._clock_offset
 
     async def join(
         self,
@@ -225,6 +218,21 @@ class InMemoryBroker(Broker):
         consumer = _MemoryConsumer(self, self._queues[queue_name], prefetch, handler)
         consumer.start()
         return consumer
+
+    async def consume_single(self, queue_name: str, *, handler: DeliveryHandler) -> Consumer:
+        """:meth:`Broker.consume_single`: the first consumer gets the messages, then the next."""
+        await self.declare_queue(queue_name)
+        queue = self._queues[queue_name]
+        queue.single = True
+        consumer = _MemoryConsumer(self, queue, 10, handler)
+        consumer.start()
+        return consumer
+
+    async def publish_single(self, queue_name: str, body: bytes, *, message_id: str) -> None:
+        """:meth:`Broker.publish_single`."""
+        await self.declare_queue(queue_name)
+        self._queues[queue_name].single = True
+        self._put(queue_name, _Envelope(body, message_id))
 
     async def dead_letter(
         self, queue_name: str, delivery: Delivery, reason: dict[str, str]
@@ -292,109 +300,3 @@ class InMemoryBroker(Broker):
         purged = len(queue.dead) - len(kept)
         queue.dead = kept
         return purged
-
-
-class _MemoryDelivery:
-    __slots__ = ("_consumer", "_settled", "envelope")
-
-    def __init__(self, consumer: _MemoryConsumer, envelope: _Envelope) -> None:
-        self._consumer = consumer
-        self.envelope = envelope
-        self._settled = False
-
-    @property
-    def body(self) -> bytes:
-        return self.envelope.body
-
-    @property
-    def redelivered(self) -> bool:
-        return self.envelope.redelivered
-
-    @property
-    def message_id(self) -> str | None:
-        return self.envelope.message_id
-
-    @property
-    def lost(self) -> bool:
-        return self._consumer.closed and not self._settled
-
-    @property
-    def settled(self) -> bool:
-        return self._settled or self._consumer.closed  # a closed consumer gave it back
-
-    async def ack(self) -> None:
-        if self._settle():
-            self._consumer.settled(self)
-
-    async def requeue(self) -> None:
-        if self._settle():
-            self._consumer.settled(self)
-            self.envelope.redelivered = True
-            self._consumer.broker._put(self._consumer.queue.name, self.envelope, front=True)
-
-    def _settle(self) -> bool:
-        if self._settled or self._consumer.closed:
-            return False  # a closed consumer already gave the message back
-        self._settled = True
-        return True
-
-
-class _MemoryConsumer:
-    def __init__(
-        self, broker: InMemoryBroker, queue: _Queue, prefetch: int, handler: DeliveryHandler
-    ) -> None:
-        self.broker = broker
-        self.queue = queue
-        self._handler = handler
-        self._slots = asyncio.Semaphore(prefetch)
-        self._unsettled: dict[_MemoryDelivery, None] = {}  # in delivery order
-        self._task: asyncio.Task[None] | None = None
-        self.closed = False
-
-    @property
-    def consuming(self) -> bool:
-        return self._task is not None
-
-    def start(self) -> None:
-        self.queue.consumers.append(self)
-        self._task = asyncio.ensure_future(self._deliver())
-
-    async def _deliver(self) -> None:
-        while True:
-            await self._slots.acquire()
-            while not self.queue.ready:
-                self.queue.changed.clear()
-                await self.queue.changed.wait()
-            delivery = _MemoryDelivery(self, self.queue.ready.popleft())
-            self._unsettled[delivery] = None
-            task = asyncio.ensure_future(self._handler(delivery))
-            task.add_done_callback(_log_handler_failure)
-
-    def settled(self, delivery: _MemoryDelivery) -> None:
-        self._unsettled.pop(delivery, None)
-        self._slots.release()
-
-    async def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self in self.queue.consumers:
-            self.queue.consumers.remove(self)
-
-    async def close(self) -> None:
-        await self.cancel()
-        if self.closed:
-            return
-        self.closed = True
-        # As when a channel closes: what was not settled goes back to the queue, in order.
-        for delivery in reversed(list(self._unsettled)):
-            delivery.envelope.redelivered = True
-            self.broker._put(self.queue.name, delivery.envelope, front=True)
-        self._unsettled.clear()
-
-
-def _log_handler_failure(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("delivery handler failed", exc_info=task.exception())

@@ -105,6 +105,12 @@ _UNANSWERED_CLOSE = 5.0
     help="Address the metrics server listens on.",
 )
 @click.option(
+    "--no-scheduler",
+    is_flag=True,
+    help="Do not run the schedules of MODULE(s) in this worker (run `aqueue scheduler` "
+    "elsewhere, or another worker does).",
+)
+@click.option(
     "--loop",
     "loop_name",
     type=click.Choice(["auto", "asyncio", "uvloop"], case_sensitive=False),
@@ -124,6 +130,7 @@ def worker(
     log_format: str,
     metrics_port: int | None,
     metrics_host: str,
+    no_scheduler: bool,
     loop_name: str,
 ) -> None:
     """Run a worker for the actors declared in MODULE(s).
@@ -146,6 +153,7 @@ def worker(
             threads=threads,
             shutdown_timeout=shutdown_timeout,
             prefetch_exact=prefetch_exact,
+            scheduler=not no_scheduler,
         )
         work.plan()
         if metrics is not None:
@@ -215,12 +223,13 @@ async def _serve(work: Worker) -> None:
             broker_url += f" (RabbitMQ {format_version(version)})"
         queues = ", ".join(f"{p.name} (prefetch {p.prefetch})" for p in work._plans)
         log.info(
-            "worker started: pid %d, broker %s, queues %s, concurrency %d, threads %d",
+            "worker started: pid %d, broker %s, queues %s, concurrency %d, threads %d%s",
             os.getpid(),
             broker_url or type(work.broker).__name__,
             queues,
             work.concurrency,
             work.threads,
+            _schedules_text(work),
         )
         await stop.wait()
         log.info("stopping: no new messages; waiting up to %.1f s", work.shutdown_timeout)
@@ -289,3 +298,14 @@ def _exit_now_if_threads_linger() -> None:
     ):
         logging.shutdown()
         os._exit(0)
+
+
+def _schedules_text(work: Worker) -> str:
+    """What the started line says of the schedules this worker runs."""
+    if work.scheduler is None:
+        return ""
+    states = ", ".join(
+        f"{name} ({'active' if active else 'standing by'})"
+        for name, active in work.scheduler.active.items()
+    )
+    return f", schedules {states}"

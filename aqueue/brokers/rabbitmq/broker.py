@@ -6,7 +6,6 @@ import asyncio
 import logging
 import math
 import random
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -22,24 +21,24 @@ from ...broker import (
     DeliveryHandler,
     QueueInfo,
 )
-from ...dead_letters import DeadLetter, dead_letter_filter, replay_message
 from ...errors import UnroutableError
 from ...message import Message
 from ...middleware import Middleware
-from ...topology import QUEUE_TYPES, QueueType, dead_letter_queue_name, delay_route
+from ...topology import QUEUE_TYPES, QueueType, delay_route
 from .acker import _RabbitmqDelivery
 from .connections import BOTH, CONSUME, PUBLISH, RoleConnection
 from .consumer import QueueConsumer
-from .dead_letters import read_dead_letters, take_dead_letters
+from .dead_letter_queues import DeadLetterQueues
 from .declarations import Declarations
 from .publisher import Publisher
 from .server import ServerVersion
+from .single import SINGLE_PREFETCH, declare_single_queue, publish_declared
 from .urls import broker_urls, describe_urls
 
 log = logging.getLogger("aqueue.brokers.rabbitmq")
 
 
-class RabbitmqBroker(Broker):
+class RabbitmqBroker(DeadLetterQueues, Broker):
     """A broker on RabbitMQ, holding a small, constant number of connections per process.
 
     A process that only sends holds one connection. A worker holds at most two: one that
@@ -267,6 +266,7 @@ class RabbitmqBroker(Broker):
             exchange, routing_key = delay_route(queue_name, delay_ms, kind)
         else:
             exchange, routing_key = "", queue_name
+
         try:
             await self.publish(routing_key, body, message_id=message.message_id, exchange=exchange)
         except UnroutableError:
@@ -315,6 +315,28 @@ class RabbitmqBroker(Broker):
         self._consumers.append(consumer)
         return consumer
 
+    async def consume_single(self, queue_name: str, *, handler: DeliveryHandler) -> Consumer:
+        """:meth:`Broker.consume_single`, declared with ``x-single-active-consumer``."""
+        connection = await self._consuming.connect()
+        await self._declare_single(queue_name)
+        consumer = QueueConsumer(
+            connection, queue_name, SINGLE_PREFETCH, handler, self._declare_single
+        )
+        await consumer.start()
+        self._consumers.append(consumer)
+        return consumer
+
+    async def _declare_single(self, queue_name: str) -> None:
+        channel = await self._channel_for_topology()
+        await declare_single_queue(channel, queue_name, self.queue_type_of(queue_name))
+
+    async def publish_single(self, queue_name: str, body: bytes, *, message_id: str) -> None:
+        """:meth:`Broker.publish_single` (declaring the queue again if it was deleted)."""
+        await publish_declared(
+            lambda: self.publish(queue_name, body, message_id=message_id),
+            lambda: self._declare_single(queue_name),
+        )
+
     async def give_back(self, queue_name: str, delivery: Delivery) -> None:
         """Publish the delivery to ``queue_name`` again (same body, message id and headers),
         confirmed, then ack it; requeue it if that fails or could not be done at once (the
@@ -325,60 +347,3 @@ class RabbitmqBroker(Broker):
         await delivery.give_back(
             queue_name, self.publish, can_publish=can_publish and not self.blocked
         )
-
-    # -- dead letters ---------------------------------------------------------------------
-
-    async def dead_letter(
-        self, queue_name: str, delivery: Delivery, reason: dict[str, str]
-    ) -> None:
-        """Publish the delivery's body to ``<queue>.XQ`` with ``reason`` headers, then ack it."""
-        assert isinstance(delivery, _RabbitmqDelivery)
-        dlq = dead_letter_queue_name(queue_name)
-        await self.declare_queue(queue_name)
-        message_id = delivery.message_id or f"undecodable-{time.time_ns()}"
-        await self.publish(dlq, delivery.body, message_id=message_id, headers=reason)
-        await delivery.ack()
-
-    async def dead_letters(self, queue_name: str, *, limit: int = 100) -> list[DeadLetter]:
-        """Read up to ``limit`` dead letters of ``queue_name``; they stay in ``<queue>.XQ``."""
-        async with self._control.temporary_channel() as channel:
-            return await read_dead_letters(channel, queue_name, limit)
-
-    async def requeue_dead_letters(
-        self,
-        queue_name: str,
-        *,
-        message_ids: Iterable[str] | None = None,
-        actor_name: str | None = None,
-        limit: int | None = None,
-    ) -> int:
-        """Send dead letters back to ``queue_name`` with their retry count reset.
-
-        Each is republished and confirmed before it is removed from ``<queue>.XQ``,
-        so a crash half way duplicates at worst. Dead letters that are not aqueue
-        messages are left where they are.
-        """
-        await self.declare_queue(queue_name)
-        select = dead_letter_filter(message_ids=message_ids, actor_name=actor_name)
-
-        async def requeue(letter: DeadLetter) -> None:
-            await self._publish_message(replay_message(letter, queue_name), None)
-
-        async with self._control.temporary_channel() as channel:
-            return await take_dead_letters(channel, queue_name, select, requeue, limit)
-
-    async def purge_dead_letters(
-        self,
-        queue_name: str,
-        *,
-        message_ids: Iterable[str] | None = None,
-        older_than: float | None = None,
-    ) -> int:
-        """Delete dead letters of ``queue_name`` (those failed ``older_than`` seconds ago)."""
-        select = dead_letter_filter(message_ids=message_ids, older_than=older_than)
-
-        async def drop(letter: DeadLetter) -> None:
-            pass
-
-        async with self._control.temporary_channel() as channel:
-            return await take_dead_letters(channel, queue_name, select, drop, None)

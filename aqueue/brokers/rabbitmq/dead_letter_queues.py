@@ -1,0 +1,95 @@
+"""The RabbitMQ broker's dead-letter queues: dead-lettering a delivery, reading, replaying
+and purging ``<queue>.XQ``."""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ...broker import Delivery
+from ...dead_letters import DeadLetter, dead_letter_filter, replay_message
+from ...message import Message
+from ...topology import dead_letter_queue_name
+from .acker import _RabbitmqDelivery
+from .connections import RoleConnection
+from .dead_letters import read_dead_letters, take_dead_letters
+
+
+class DeadLetterQueues(abc.ABC):
+    """The dead-letter methods of :class:`~aqueue.RabbitmqBroker`."""
+
+    @property
+    @abc.abstractmethod
+    def _control(self) -> RoleConnection: ...
+
+    @abc.abstractmethod
+    async def declare_queue(self, queue_name: str) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        headers: dict[str, Any] | None = None,
+        exchange: str = "",
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def _publish_message(self, message: Message, delay: float | None) -> None: ...
+
+    async def dead_letter(
+        self, queue_name: str, delivery: Delivery, reason: dict[str, str]
+    ) -> None:
+        """Publish the delivery's body to ``<queue>.XQ`` with ``reason`` headers, then ack it."""
+        assert isinstance(delivery, _RabbitmqDelivery)
+        dlq = dead_letter_queue_name(queue_name)
+        await self.declare_queue(queue_name)
+        message_id = delivery.message_id or f"undecodable-{time.time_ns()}"
+        await self.publish(dlq, delivery.body, message_id=message_id, headers=reason)
+        await delivery.ack()
+
+    async def dead_letters(self, queue_name: str, *, limit: int = 100) -> list[DeadLetter]:
+        """Read up to ``limit`` dead letters of ``queue_name``; they stay in ``<queue>.XQ``."""
+        async with self._control.temporary_channel() as channel:
+            return await read_dead_letters(channel, queue_name, limit)
+
+    async def requeue_dead_letters(
+        self,
+        queue_name: str,
+        *,
+        message_ids: Iterable[str] | None = None,
+        actor_name: str | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """Send dead letters back to ``queue_name`` with their retry count reset; each is
+        republished and confirmed before it leaves ``<queue>.XQ`` (a crash half way
+        duplicates at worst). Dead letters that are not aqueue messages stay."""
+        await self.declare_queue(queue_name)
+        select = dead_letter_filter(message_ids=message_ids, actor_name=actor_name)
+
+        async def requeue(letter: DeadLetter) -> None:
+            await self._publish_message(replay_message(letter, queue_name), None)
+
+        async with self._control.temporary_channel() as channel:
+            return await take_dead_letters(channel, queue_name, select, requeue, limit)
+
+    async def purge_dead_letters(
+        self,
+        queue_name: str,
+        *,
+        message_ids: Iterable[str] | None = None,
+        older_than: float | None = None,
+    ) -> int:
+        """Delete dead letters of ``queue_name`` (those failed ``older_than`` seconds ago)."""
+        select = dead_letter_filter(message_ids=message_ids, older_than=older_than)
+
+        async with self._control.temporary_channel() as channel:
+            return await take_dead_letters(channel, queue_name, select, _drop, None)
+
+
+async def _drop(letter: DeadLetter) -> None:
+    """What a purge does with each dead letter it takes: nothing."""
