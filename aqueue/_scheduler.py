@@ -100,8 +100,18 @@ class Scheduler:
         if unknown:
             raise ValueError(f"no schedule named {', '.join(map(repr, unknown))} on {broker!r}")
         chosen = list(schedules) if names is None else names
-        self._runners = [_ScheduleRunner(broker, schedules[n], listener) for n in chosen]
+        self._listeners: list[Callable[[str, str], None]] = [] if listener is None else [listener]
+        self._runners = [_ScheduleRunner(broker, schedules[n], self._tell) for n in chosen]
         self._forget_clock: Callable[[], None] | None = None
+
+    def _tell(self, schedule_name: str, event: str) -> None:
+        for listener in list(self._listeners):
+            listener(schedule_name, event)
+
+    def add_listener(self, listener: Callable[[str, str], None]) -> Callable[[], None]:
+        """Have ``listener(schedule_name, event)`` called on each event; returns its remover."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     @property
     def active(self) -> dict[str, bool]:
@@ -170,6 +180,7 @@ class _ScheduleRunner:
 
     async def stop(self) -> None:
         self._stopping = True
+        was_leading = self._leading
         self._wake.set()
         task, self._loop_task = self._loop_task, None
         if task is not None:
@@ -179,9 +190,10 @@ class _ScheduleRunner:
         if consumer is not None:
             # Closing gives the held lease back to the queue: the next scheduler takes over.
             await consumer.close()
-        if self._leading:
-            self._leading = False
+        self._leading = False
+        if was_leading:
             log.info("schedule %s: no longer the active scheduler (stopping)", self.schedule.name)
+            self._tell("standby")
         self._held.clear()
 
     # -- the lease ------------------------------------------------------------------------

@@ -243,3 +243,54 @@ async def test_two_worker_processes_fire_once_per_second_and_survive_a_sigkill(
             except subprocess.TimeoutExpired:
                 process.kill()
         await rabbit.delete(lease_queue_name(name))
+
+
+async def test_prometheus_counts_ticks_and_shows_the_active_scheduler() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from aqueue.middleware.prometheus import Prometheus
+
+    registry = CollectorRegistry()
+    broker = aqueue.InMemoryBroker()
+    broker.add_middleware(Prometheus(registry=registry))
+
+    @broker.actor(queue_name="reports")
+    async def report() -> None: ...
+
+    aqueue.schedule(report, cron="0 * * * *", name="hourly")
+    async with aqueue.Worker(broker):
+        await asyncio.sleep(0.2)
+        assert registry.get_sample_value("aqueue_scheduler_active", {"schedule": "hourly"}) == 1
+        await broker.fast_forward(2 * 3600)
+        fired = {"schedule": "hourly", "outcome": "fired"}
+        assert registry.get_sample_value("aqueue_schedule_ticks_total", fired) == 2
+    assert registry.get_sample_value("aqueue_scheduler_active", {"schedule": "hourly"}) == 0
+
+
+def test_schedules_lists_each_schedule_and_its_state(
+    tmp_path: Path, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from aqueue.cli import main
+
+    (tmp_path / "listed_app.py").write_text(
+        "import aqueue\n\n"
+        "broker = aqueue.RabbitmqBroker()\n\n"
+        f"@broker.actor(queue_name={queue_name!r})\n"
+        "def beat(kind: str) -> None: ...\n\n"
+        f"aqueue.schedule(beat, cron='*/5 * * * *', args=('x',), name='{queue_name}-5m')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("AQUEUE_BROKER_URL", RABBITMQ_URL)
+    result = CliRunner().invoke(main, ["schedules", "listed_app", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = __import__("json").loads(result.output)
+    assert rows[0]["name"] == f"{queue_name}-5m"
+    assert rows[0]["expression"].startswith("cron */5 * * * *")
+    assert rows[0]["state"] == "never run"
+    minute = int(rows[0]["next_tick"][14:16])
+    assert minute % 5 == 0
+    result = CliRunner().invoke(main, ["schedules", "json"])  # a module without schedules
+    assert result.exit_code == 2
+    assert "declares no schedules" in result.output

@@ -12,7 +12,8 @@ actor), 130 interrupted by Ctrl-C (operator commands).
 
 This package holds the click group ``main``; each command is in a module of its own:
 ``worker_command`` (with ``supervisor`` for ``--processes`` and ``metrics`` for
-``--metrics-port``), ``ops`` (``queues``, ``send``, ``check``) and ``dlq_commands``.
+``--metrics-port``), ``ops`` (``queues``, ``send``, ``check``), ``dlq_commands`` and
+``dashboard_command``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from ._common import (
     log,
 )
 from ._operator import BROKER_HELP, broker_option, json_option
+from .dashboard_command import dashboard
 from .dlq_commands import dlq, dlq_ls, dlq_purge, dlq_replay, dlq_show
 from .metrics import MULTIPROCESS_ENV
 from .ops import check, queues, send
+from .schedule_commands import scheduler, schedules
 from .supervisor import SUPERVISED_ENV
 from .worker_command import worker
 
@@ -44,6 +47,7 @@ __all__ = [
     "SUPERVISED_ENV",
     "broker_option",
     "check",
+    "dashboard",
     "dlq",
     "dlq_ls",
     "dlq_purge",
@@ -53,6 +57,8 @@ __all__ = [
     "log",
     "main",
     "queues",
+    "scheduler",
+    "schedules",
     "send",
     "worker",
 ]
@@ -67,6 +73,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for _command in (worker, queues, dlq, send, check):
+for _command in (worker, queues, dlq, send, check, scheduler, schedules, dashboard):
     main.add_command(_command)
 del _command

@@ -176,6 +176,21 @@ class Prometheus(Middleware):
             registry=registry,
             buckets=latency_buckets,
         )
+        self.schedule_ticks = Counter(
+            "schedule_ticks",
+            "Ticks of a schedule this process fired, or skipped (older than misfire_grace).",
+            ("schedule", "outcome"),
+            namespace=namespace,
+            registry=registry,
+        )
+        self.scheduler_active = Gauge(
+            "scheduler_active",
+            "1 while this process is the active scheduler of the schedule, else 0.",
+            ("schedule",),
+            namespace=namespace,
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self._started: dict[int, _Started] = {}
         self._listening: list[Callable[[], None]] = []
         self._consuming_interval = consuming_interval
@@ -280,6 +295,13 @@ class Prometheus(Middleware):
 
     async def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         self._update_consuming(worker)
+        scheduler = worker.scheduler
+        if scheduler is not None:
+            for name, active in scheduler.active.items():
+                self.scheduler_active.labels(name).set(1 if active else 0)
+                for outcome in ("fired", "skipped"):
+                    self.schedule_ticks.labels(name, outcome)
+            self._listening.append(scheduler.add_listener(self._on_schedule_event))
         self._watching[id(worker)] = asyncio.ensure_future(self._watch_consuming(worker))
 
     async def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
@@ -307,6 +329,12 @@ class Prometheus(Middleware):
             self._consumed[id(worker)] = list(states)
         for queue, consuming in states.items():
             self.consuming.labels(queue).set(1 if consuming else 0)
+
+    def _on_schedule_event(self, schedule_name: str, event: str) -> None:
+        if event in ("fired", "skipped"):
+            self.schedule_ticks.labels(schedule_name, event).inc()
+        elif event in ("active", "standby"):
+            self.scheduler_active.labels(schedule_name).set(1 if event == "active" else 0)
 
     def _on_connection_event(self, event: str) -> None:
         if event == "reconnected":
