@@ -163,6 +163,9 @@ def _as_default_broker(broker: Broker) -> Iterator[None]:
     for actor in moved:
         actor.broker = broker
         broker.actors.setdefault(actor.actor_name, actor)
+    schedules = [] if previous is None else list(previous.schedules.items())
+    for name, schedule in schedules:  # the worker fixture runs them (fast_forward fires them)
+        broker.schedules.setdefault(name, schedule)
     set_broker(broker)
     try:
         if isinstance(broker, _TestRabbitmqBroker):

@@ -712,6 +712,39 @@ def test_the_example_tests_pass_as_testing_md_runs_them(
     assert not await_(exists(examples.q("signups")))
 
 
+# -- schedules.md -----------------------------------------------------------------------------
+
+
+def test_the_periodic_example_declares_its_schedules(examples: Examples) -> None:
+    periodic = examples.load("periodic")
+    schedules = periodic.sales_report.broker.schedules
+    assert sorted(schedules) == ["apac-sync", "sales_report"]
+    assert schedules["sales_report"].describe() == "cron 30 2 * * * (Europe/Paris)"
+    assert schedules["apac-sync"].describe() == "every 900 s"
+
+
+def test_the_periodic_example_test_passes_as_schedules_md_runs_it(examples: Examples) -> None:
+    page = (DOCS / "schedules.md").read_text()
+    assert "$ pytest test_periodic.py" in page
+    config = next(
+        body for language, body in fenced_blocks((DOCS / "testing.md").read_text())
+        if language == "toml"
+    )
+    (examples.directory / "pyproject.toml").write_text(config)
+    environment = examples.env()
+    environment.pop("AQUEUE_TEST_BROKER", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_periodic.py"],
+        cwd=examples.directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout, result.stdout
+
+
 # -- guarantees.md ----------------------------------------------------------------------------
 
 
