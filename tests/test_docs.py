@@ -727,7 +727,8 @@ def test_the_periodic_example_test_passes_as_schedules_md_runs_it(examples: Exam
     page = (DOCS / "schedules.md").read_text()
     assert "$ pytest test_periodic.py" in page
     config = next(
-        body for language, body in fenced_blocks((DOCS / "testing.md").read_text())
+        body
+        for language, body in fenced_blocks((DOCS / "testing.md").read_text())
         if language == "toml"
     )
     (examples.directory / "pyproject.toml").write_text(config)

@@ -1,6 +1,7 @@
 """Testing periodic actors: fast_forward moves the in-memory broker's clock on."""
 
 import aqueue
+
 import periodic
 
 
