@@ -43,6 +43,8 @@ RENEW_EVERY = 60.0
 LEASE_RETURN_TIMEOUT = 10.0
 #: At most this many ticks are fired (or skipped) in one pass: a bound for tiny periods.
 MAX_TICKS_PER_PASS = 1000
+#: Seconds ``start()`` waits for the lease when no other scheduler runs the schedule.
+START_WAIT = 2.0
 #: Longest sleep of the loop, so that a lost lease or a stop is noticed soon.
 _POLL = 1.0
 
@@ -155,6 +157,7 @@ class _ScheduleRunner:
         self._last: datetime.datetime | None = None
         self._previous_holder = ""
         self._leading = False
+        self._leading_since = 0.0  # by the broker's clock
         self._stopping = False
         self._lease_arrived = asyncio.Event()
         self._wake = asyncio.Event()
@@ -177,6 +180,11 @@ class _ScheduleRunner:
             # No lease waits: the first scheduler ever, or one holds it now. A lease too
             # many is harmless: the active scheduler merges what it holds.
             await self._publish_lease(None)
+        if info is not None and info.consumers <= 1:
+            # Alone: the lease comes to this process. Wait for it (briefly), so that the
+            # worker's first log line is right and the clock starts from here.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._lease_arrived.wait(), START_WAIT)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -217,6 +225,7 @@ class _ScheduleRunner:
         self._lease_arrived.set()
         if not self._leading or self._loop_task is None or self._loop_task.done():
             self._leading = True
+            self._leading_since = self.broker._now()
             log.info(
                 "schedule %s (%s): this process is now its active scheduler; last tick fired %s%s",
                 self.schedule.name,
@@ -308,25 +317,35 @@ class _ScheduleRunner:
 
     async def fire_due(self, *, catching_up: bool = False) -> bool:
         """Fire the ticks due by now; True if one was fired or skipped (the lease renewed)."""
+        if catching_up and self.leading and not self._held:
+            # The renewed lease is on its way back: wait for it rather than miss the jump.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._lease_arrived.wait(), START_WAIT)
         if not self.leading or not self._held:
             return False
         async with self._firing:
             now = self.broker._now()
             now_dt = datetime.datetime.fromtimestamp(now, _UTC)
-            if self._last is None:
-                # A schedule's first run: nothing before now is due.
-                self._last = now_dt
-                await self._renew()
-                return True
+            last = self._last
+            first = last is None
+            if last is None:
+                # A schedule's first run: nothing before this process took the lease is due.
+                last = self._last = datetime.datetime.fromtimestamp(self._leading_since, _UTC)
             due: list[datetime.datetime] = []
-            tick = self.schedule.next_tick(self._last)
+            tick = self.schedule.next_tick(last)
             while tick <= now_dt and len(due) < MAX_TICKS_PER_PASS:
                 due.append(tick)
                 tick = self.schedule.next_tick(tick)
             if not due:
+                if first:  # keep where it starts from, should this process go
+                    await self._renew()
+                    return True
                 return False
             grace = self.schedule.misfire_grace
-            late = [] if catching_up else [t for t in due if now - t.timestamp() > grace]
+            # Skipped: ticks missed while no scheduler could fire them (before this one took
+            # the lease), older than misfire_grace. A tick due since is never skipped.
+            oldest = self._leading_since - grace
+            late = [] if catching_up else [t for t in due if t.timestamp() < oldest]
             if late:
                 log.warning(
                     "schedule %s: skipped %d tick(s) from %s to %s, more than misfire_grace "
