@@ -23,17 +23,34 @@ import asyncio
 import contextlib
 import datetime
 import logging
-import os
-import socket
 import uuid
 from collections.abc import Callable
 
 import msgspec
 
+from ._schedule_state import (
+    Lease,
+    ScheduleStatus,
+    decode_lease,
+    encode_json,
+    holder_name,
+    iso_utc,
+    lease_queue_name,
+    parse_tick,
+    read_status,
+    status_queue_name,
+)
 from .broker import Broker, Consumer, Delivery
 from .schedules import Schedule, tick_id
 
-__all__ = ["RENEW_EVERY", "Scheduler", "lease_queue_name"]
+__all__ = [
+    "RENEW_EVERY",
+    "ScheduleStatus",
+    "Scheduler",
+    "lease_queue_name",
+    "read_status",
+    "status_queue_name",
+]
 
 log = logging.getLogger("aqueue.scheduler")
 
@@ -49,31 +66,6 @@ START_WAIT = 2.0
 _POLL = 1.0
 
 _UTC = datetime.timezone.utc
-
-
-class _Lease(msgspec.Struct, kw_only=True):
-    schedule: str
-    last_tick: str | None = None  # ISO 8601 UTC of the last tick fired
-    holder: str = ""  # "host pid N" of the scheduler that wrote it
-
-
-_decode_lease = msgspec.json.Decoder(_Lease).decode
-_encode = msgspec.json.Encoder().encode
-
-
-def lease_queue_name(schedule_name: str) -> str:
-    """The queue that holds the lease of schedule ``schedule_name``."""
-    return f"aqueue.schedule.{schedule_name}"
-
-
-def _holder() -> str:
-    return f"{socket.gethostname()} pid {os.getpid()}"
-
-
-def _parse_tick(text: str | None) -> datetime.datetime | None:
-    if not text:
-        return None
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 class Scheduler:
@@ -208,8 +200,8 @@ class _ScheduleRunner:
 
     async def _on_lease(self, delivery: Delivery) -> None:
         try:
-            lease = _decode_lease(delivery.body)
-            last = _parse_tick(lease.last_tick)
+            lease = decode_lease(delivery.body)
+            last = parse_tick(lease.last_tick)
         except (msgspec.DecodeError, ValueError) as exc:
             log.warning("schedule %s: dropping a lease that is not one (%s)", self.queue_name, exc)
             await delivery.ack()
@@ -240,13 +232,13 @@ class _ScheduleRunner:
         return any(d.lost for d in self._held)
 
     async def _publish_lease(self, last: datetime.datetime | None) -> None:
-        lease = _Lease(
+        lease = Lease(
             schedule=self.schedule.name,
             last_tick=None if last is None else tick_id(last),
-            holder=_holder(),
+            holder=holder_name(),
         )
         await self.broker.publish_single(
-            self.queue_name, _encode(lease), message_id=str(uuid.uuid4())
+            self.queue_name, encode_json(lease), message_id=str(uuid.uuid4())
         )
 
     async def _renew(self) -> None:
@@ -260,6 +252,19 @@ class _ScheduleRunner:
             raise
         for delivery in held:
             await delivery.ack()
+        status = ScheduleStatus(
+            schedule=self.schedule.name,
+            holder=holder_name(),
+            active_since=iso_utc(self._leading_since),
+            last_tick=None if self._last is None else tick_id(self._last),
+            updated=iso_utc(self.broker._now()),
+        )
+        try:
+            await self.broker.publish_latest(
+                status_queue_name(self.schedule.name), encode_json(status)
+            )
+        except Exception as exc:  # only what `aqueue schedules` shows: never stop firing for it
+            log.debug("schedule %s: could not write its status: %r", self.schedule.name, exc)
 
     # -- leading --------------------------------------------------------------------------
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -16,6 +15,7 @@ from ._default_broker import get_broker, set_broker
 from ._deliveries import Consumer, Delivery, DeliveryHandler
 from ._durations import Duration
 from ._in_flight import InFlightTracking
+from ._scheduling_support import SchedulingSupport
 from .actor import Actor
 from .actor import actor as _declare_actor
 from .dead_letters import DeadLetter
@@ -62,7 +62,7 @@ class QueueInfo:
     consumers: int
 
 
-class Broker(InFlightTracking):
+class Broker(InFlightTracking, SchedulingSupport):
     """What every broker offers: actors, sending, consuming, dead-lettering and joining.
 
     Attributes:
@@ -82,7 +82,7 @@ class Broker(InFlightTracking):
         self.max_message_size = max_message_size
         self.actors: dict[str, Actor[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
-        self._clock_listeners: list[Callable[[], Awaitable[None]]] = []
+        self._clock_listeners = []
         self.middleware: list[Middleware] = (
             default_middleware() if middleware is None else list(middleware)
         )
@@ -357,34 +357,6 @@ class Broker(InFlightTracking):
     @abc.abstractmethod
     async def ready_count(self, queue_name: str) -> int:
         """How many messages wait in ``queue_name``, ready to be delivered."""
-
-    # -- what the scheduler needs ---------------------------------------------------------
-
-    def _now(self) -> float:
-        """The time schedules tick on, in seconds since the epoch (the in-memory broker's
-        can be fast-forwarded)."""
-        return time.time()
-
-    def _add_clock_listener(self, listener: Callable[[], Awaitable[None]]) -> Callable[[], None]:
-        """Have ``listener`` awaited whenever ``_now()`` jumps ahead; returns its remover."""
-        listeners = self._clock_listeners
-
-        def remove() -> None:
-            if listener in listeners:
-                listeners.remove(listener)
-
-        listeners.append(listener)
-        return remove
-
-    @abc.abstractmethod
-    async def consume_single(self, queue_name: str, *, handler: DeliveryHandler) -> Consumer:
-        """Consume ``queue_name``, a durable queue with a single active consumer: of all
-        the processes that consume it, one at a time gets its messages; when it goes
-        (or its connection), the next one gets them, unacknowledged ones included."""
-
-    @abc.abstractmethod
-    async def publish_single(self, queue_name: str, body: bytes, *, message_id: str) -> None:
-        """Publish ``body`` to a queue of :meth:`consume_single`, and wait for the confirm."""
 
 
 def _check_delay(delay: float | None) -> None:

@@ -8,6 +8,7 @@ import datetime
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import aqueue
-from aqueue._scheduler import Scheduler, lease_queue_name
+from aqueue._scheduler import Scheduler, lease_queue_name, status_queue_name
 
 from .conftest import RABBITMQ_URL, RabbitAdmin
 
@@ -111,7 +112,7 @@ async def test_on_rabbitmq_one_scheduler_is_active_and_another_takes_over_withou
     finally:
         for broker in brokers:
             await broker.close()
-        await rabbit.delete(lease_queue_name(name))
+        await rabbit.delete(lease_queue_name(name), status_queue_name(name))
 
 
 async def test_ticks_missed_while_no_scheduler_ran_fire_once_within_misfire_grace(
@@ -147,7 +148,7 @@ async def test_ticks_missed_while_no_scheduler_ran_fire_once_within_misfire_grac
         assert "skipped" in caplog.text and schedule.name in caplog.text
     finally:
         await broker.close()
-        await rabbit.delete(lease_queue_name(name))
+        await rabbit.delete(lease_queue_name(name), status_queue_name(name))
 
 
 SCHEDULED_APP = """
@@ -242,7 +243,7 @@ async def test_two_worker_processes_fire_once_per_second_and_survive_a_sigkill(
                 process.wait(20)
             except subprocess.TimeoutExpired:
                 process.kill()
-        await rabbit.delete(lease_queue_name(name))
+        await rabbit.delete(lease_queue_name(name), status_queue_name(name))
 
 
 async def test_prometheus_counts_ticks_and_shows_the_active_scheduler() -> None:
@@ -294,3 +295,35 @@ def test_schedules_lists_each_schedule_and_its_state(
     result = CliRunner().invoke(main, ["schedules", "json"])  # a module without schedules
     assert result.exit_code == 2
     assert "declares no schedules" in result.output
+
+
+async def test_schedules_shows_the_active_scheduler_and_the_last_tick(
+    rabbit: RabbitAdmin, queue_name: str
+) -> None:
+    from aqueue.cli.schedule_commands import _schedule_rows
+
+    broker = aqueue.RabbitmqBroker(RABBITMQ_URL)
+    name = f"shown-{queue_name}"
+
+    @broker.actor(queue_name=queue_name, actor_name="beat")
+    async def beat() -> None: ...
+
+    aqueue.schedule(beat, every=0.5, name=name)
+    scheduler = Scheduler(broker)
+    try:
+        await scheduler.start()
+        await asyncio.sleep(1.6)
+        (row,) = await _schedule_rows(broker)
+        assert row["state"] == "active"
+        assert row["schedulers"] == 1
+        assert row["active_scheduler"] == f"{socket.gethostname()} pid {os.getpid()}"
+        last = datetime.datetime.fromisoformat(row["last_tick"].replace("Z", "+00:00"))
+        assert 0 <= time.time() - last.timestamp() < 1.5
+        await scheduler.stop()
+        (row,) = await _schedule_rows(broker)
+        assert row["state"] == "no scheduler"
+        assert row["last_tick"] is not None
+    finally:
+        await scheduler.stop()
+        await broker.close()
+        await rabbit.delete(lease_queue_name(name), status_queue_name(name), queue_name)

@@ -234,6 +234,18 @@ class InMemoryBroker(Broker):
         self._queues[queue_name].single = True
         self._put(queue_name, _Envelope(body, message_id))
 
+    async def publish_latest(self, queue_name: str, body: bytes) -> None:
+        """:meth:`Broker.publish_latest`."""
+        await self.declare_queue(queue_name)
+        queue = self._queues[queue_name]
+        queue.ready.clear()
+        queue.ready.append(_Envelope(body, queue_name))
+
+    async def peek_latest(self, queue_name: str) -> bytes | None:
+        """:meth:`Broker.peek_latest`."""
+        queue = self._queues.get(queue_name)
+        return queue.ready[-1].body if queue is not None and queue.ready else None
+
     async def dead_letter(
         self, queue_name: str, delivery: Delivery, reason: dict[str, str]
     ) -> None:

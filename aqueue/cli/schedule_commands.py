@@ -12,7 +12,7 @@ import click
 
 from .._loading import LoadError, load_broker
 from .._logging import configure_logging
-from .._scheduler import Scheduler, lease_queue_name
+from .._scheduler import Scheduler, lease_queue_name, read_status
 from ..broker import Broker
 from ..errors import AqueueError
 from ..schedules import tick_id
@@ -86,9 +86,10 @@ async def _run_scheduler(broker: Broker) -> None:
 def schedules(module: str, as_json: bool) -> None:
     """List the schedules of MODULE: expression, next tick, and their schedulers.
 
-    SCHEDULERS is how many processes run a schedule (the consumers of its lease
-    queue); STATE is "active" when one of them holds the lease and fires the ticks,
-    "no scheduler" when none runs (the lease waits in its queue).
+    LAST TICK is the last tick fired; SCHEDULERS is how many processes run a schedule
+    (the consumers of its lease queue); STATE is "active (HOST pid PID)" when one of them
+    holds the lease and fires the ticks, "no scheduler" when none runs (the lease waits
+    in its queue), "never run".
     """
     broker = _broker_with_schedules(module)
 
@@ -125,14 +126,19 @@ async def _schedule_rows(broker: Broker) -> list[dict[str, Any]]:
             state = "active"
         else:
             state = "no scheduler"
+        status = await read_status(broker, name)
         rows.append(
             {
                 "name": name,
                 "expression": schedule.describe(),
                 "actor": schedule.actor.actor_name,
                 "next_tick": tick_id(schedule.next_tick(now)),
+                "last_tick": None if status is None else status.last_tick,
                 "schedulers": schedulers,
                 "state": state,
+                # The active scheduler, as it last wrote (a stopped one's until another runs).
+                "active_scheduler": None if status is None else status.holder,
+                "active_since": None if status is None else status.active_since,
             }
         )
     return rows

@@ -32,7 +32,13 @@ from .dead_letter_queues import DeadLetterQueues
 from .declarations import Declarations
 from .publisher import Publisher
 from .server import ServerVersion
-from .single import SINGLE_PREFETCH, declare_single_queue, publish_declared
+from .single import (
+    LATEST_ONLY_ARGUMENTS,
+    SINGLE_PREFETCH,
+    declare_single_queue,
+    peek,
+    publish_declared,
+)
 from .urls import broker_urls, describe_urls
 
 log = logging.getLogger("aqueue.brokers.rabbitmq")
@@ -336,6 +342,26 @@ class RabbitmqBroker(DeadLetterQueues, Broker):
             lambda: self.publish(queue_name, body, message_id=message_id),
             lambda: self._declare_single(queue_name),
         )
+
+    async def publish_latest(self, queue_name: str, body: bytes) -> None:
+        """:meth:`Broker.publish_latest`: a classic queue with ``x-max-length`` 1."""
+
+        async def declare() -> None:
+            channel = await self._channel_for_topology()
+            await channel.queue_declare(queue_name, durable=True, arguments=LATEST_ONLY_ARGUMENTS)
+
+        await declare()
+        await publish_declared(
+            lambda: self.publish(queue_name, body, message_id=queue_name), declare
+        )
+
+    async def peek_latest(self, queue_name: str) -> bytes | None:
+        """:meth:`Broker.peek_latest`."""
+        try:
+            async with self._control.temporary_channel() as channel:
+                return await peek(channel, queue_name)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
 
     async def give_back(self, queue_name: str, delivery: Delivery) -> None:
         """Publish the delivery to ``queue_name`` again (same body, message id and headers),

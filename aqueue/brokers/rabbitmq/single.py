@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiormq
+from pamqp.commands import Basic
 
 from ...errors import UnroutableError
 from ...topology import QueueType
@@ -34,6 +35,16 @@ async def declare_single_queue(
     await channel.queue_declare(
         queue_name, durable=True, arguments=single_queue_arguments(queue_type)
     )
+
+
+#: A queue that keeps only its latest message (drop-head).
+LATEST_ONLY_ARGUMENTS: dict[str, Any] = {"x-max-length": 1}
+
+
+async def peek(channel: aiormq.abc.AbstractChannel, queue_name: str) -> bytes | None:
+    """The first message of ``queue_name``, left unacked (closing the channel returns it)."""
+    got = await channel.basic_get(queue_name, no_ack=False)
+    return got.body if isinstance(got.delivery, Basic.GetOk) else None
 
 
 async def publish_declared(
