@@ -70,6 +70,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "aqueue._loading",
             "aqueue.asgi",
             "aqueue.pytest_plugin",
+            "aqueue.dashboard",
         ],
     ),
 ]

@@ -18,6 +18,7 @@ import aio_pika
 import pytest
 
 import aqueue
+from aqueue._scheduler import lease_queue_name, status_queue_name
 from aqueue.brokers.rabbitmq.server import (
     consumer_timeout_action,
     default_delivery_limit,
@@ -162,16 +163,21 @@ async def test_nothing_aqueue_declares_on_the_node_would_be_refused_by_rabbitmq_
         async def work() -> None:
             pass
 
+        # The scheduler's lease queue (single active consumer) and status queue too.
+        aqueue.schedule(work, every=0.2, name=name)
+        rabbit.created.update({lease_queue_name(name), status_queue_name(name)})
         await work.send()
         await work.send_with_options(delay=0.05)  # declares the delay tree of its type
         async with aqueue.Worker(broker, queues=[name]):  # and what consuming declares
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.5)
             await broker.join(name, timeout=10)
 
     queues = await asyncio.to_thread(declared_queues)
     expected = {
         *names.values(),
         *(name + ".XQ" for name in names.values()),
+        *(lease_queue_name(name) for name in names.values()),
+        *(status_queue_name(name) for name in names.values()),
         *(delay_level_name(level, kind) for kind in QUEUE_TYPES for level in range(DELAY_LEVELS)),
     }
     assert expected <= set(queues), f"not on the node: {sorted(expected - set(queues))}"
@@ -182,6 +188,8 @@ async def test_nothing_aqueue_declares_on_the_node_would_be_refused_by_rabbitmq_
     # The delivery limit is declared, not left to the server (none on 3.x, 20 on 4.x).
     assert queues[names["quorum"]]["arguments"]["x-delivery-limit"] == 20
     assert queues[names["quorum"]]["arguments"]["x-queue-type"] == "quorum"
+    # The lease lives in a quorum queue on a quorum broker: leadership survives a node.
+    assert queues[lease_queue_name(names["quorum"])]["arguments"]["x-queue-type"] == "quorum"
 
 
 async def test_the_audit_catches_queues_that_rabbitmq_4_3_refuses(rabbit: RabbitAdmin) -> None:

@@ -12,8 +12,8 @@ actor), 130 interrupted by Ctrl-C (operator commands).
 
 This package holds the click group ``main``; each command is in a module of its own:
 ``worker_command`` (with ``supervisor`` for ``--processes`` and ``metrics`` for
-``--metrics-port``), ``ops`` (``queues``, ``send``, ``check``), ``dlq_commands`` and
-``schedule_commands`` (``scheduler``, ``schedules``).
+``--metrics-port``), ``ops`` (``queues``, ``send``, ``check``), ``dlq_commands``,
+``schedule_commands`` (``scheduler``, ``schedules``) and ``dashboard_command``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ._common import (
     log,
 )
 from ._operator import BROKER_HELP, broker_option, json_option
+from .dashboard_command import dashboard
 from .dlq_commands import dlq, dlq_ls, dlq_purge, dlq_replay, dlq_show
 from .metrics import MULTIPROCESS_ENV
 from .ops import check, queues, send
@@ -46,6 +47,7 @@ __all__ = [
     "SUPERVISED_ENV",
     "broker_option",
     "check",
+    "dashboard",
     "dlq",
     "dlq_ls",
     "dlq_purge",
@@ -71,6 +73,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for _command in (worker, queues, dlq, send, check, scheduler, schedules):
+for _command in (worker, queues, dlq, send, check, scheduler, schedules, dashboard):
     main.add_command(_command)
 del _command

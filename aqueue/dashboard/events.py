@@ -1,0 +1,242 @@
+"""Task events for the dashboard's history: workers publish outcomes to a RabbitMQ stream.
+
+Off by default. Switch it on in the module the worker loads::
+
+    broker.add_middleware(aqueue.dashboard.events.TaskEvents())
+
+(add it after the default middleware, so it sees whether a retry was scheduled). Each
+worker process buffers its events and publishes them in batches, one stream message per
+``flush_interval`` (and a heartbeat every ``heartbeat_interval`` seconds while idle, so
+the dashboard knows the process is alive), confirmed like every aqueue publish. The
+stream keeps ``max_age`` and at most ``max_bytes``; the dashboard reads it without
+removing anything, so history survives a dashboard restart.
+
+This module needs no web framework: workers import it without the ``dashboard`` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..middleware import Middleware
+
+if TYPE_CHECKING:
+    from ..broker import Broker
+    from ..context import MessageContext
+    from ..worker import Worker
+
+__all__ = ["EVENTS_STREAM", "Batch", "Event", "TaskEvents", "declare_stream"]
+
+log = logging.getLogger("aqueue.dashboard.events")
+
+#: The stream the events go to unless told otherwise.
+EVENTS_STREAM = "aqueue.events"
+#: Events kept in memory at most while the stream cannot be reached (older ones dropped).
+MAX_BUFFERED = 10_000
+
+
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One outcome: ``succeeded``, ``retried``, ``failed`` (dead-lettered) or ``skipped``."""
+
+    outcome: str
+    actor: str
+    queue: str
+    message_id: str
+    at: float  # when it finished, seconds since the epoch
+    duration: float | None = None  # seconds the actor ran
+    retries: int = 0
+    exception: str | None = None
+    error: str | None = None
+
+    def asdict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__struct_fields__}
+
+
+class Batch(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What one stream message carries: a worker process and its events since the last."""
+
+    v: int = 1
+    host: str
+    pid: int
+    at: float
+    queues: list[str] = []
+    events: list[Event] = []
+
+
+_ENCODER = msgspec.json.Encoder()
+BATCH_DECODER = msgspec.json.Decoder(Batch)
+
+
+def stream_arguments(max_age: str, max_bytes: int) -> dict[str, Any]:
+    return {"x-queue-type": "stream", "x-max-age": max_age, "x-max-length-bytes": max_bytes}
+
+
+async def declare_stream(broker: Broker, stream: str, *, max_age: str, max_bytes: int) -> None:
+    """Declare the events stream (durable; a no-op if it exists with these arguments)."""
+    from ..brokers.rabbitmq import RabbitmqBroker
+
+    if not isinstance(broker, RabbitmqBroker):
+        return
+    await broker.connect()
+    connection = broker.connection
+    assert connection is not None
+    channel = await connection.channel()
+    try:
+        await channel.declare_queue(
+            stream, durable=True, arguments=stream_arguments(max_age, max_bytes)
+        )
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+class TaskEvents(Middleware):
+    """Publish each message's outcome to the events stream, in batches.
+
+    Args:
+        stream: The stream's name.
+        flush_interval: Seconds between batches (events wait at most this long).
+        heartbeat_interval: Seconds between batches of an idle worker.
+        max_age: How long the stream keeps events (RabbitMQ's ``x-max-age``: ``7D``, ``12h``).
+        max_bytes: How large the stream may grow (``x-max-length-bytes``).
+    """
+
+    def __init__(
+        self,
+        stream: str = EVENTS_STREAM,
+        *,
+        flush_interval: float = 1.0,
+        heartbeat_interval: float = 10.0,
+        max_age: str = "7D",
+        max_bytes: int = 200 * 1024 * 1024,
+    ) -> None:
+        self.stream = stream
+        self.flush_interval = flush_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.max_age = max_age
+        self.max_bytes = max_bytes
+        self._buffer: list[Event] = []
+        self._started: dict[int, float] = {}  # id(context) -> monotonic start
+        self._task: asyncio.Task[None] | None = None
+        self._broker: Broker | None = None
+        self._queues: list[str] = []
+        self._last_sent = 0.0
+        self._declared = False
+        self._lock = asyncio.Lock()
+
+    async def before_process_message(self, context: MessageContext) -> None:
+        self._started[id(context)] = time.monotonic()
+
+    async def after_process_message(self, context: MessageContext) -> None:
+        started = self._started.pop(id(context), None)
+        duration = None if started is None else time.monotonic() - started
+        exception = context.exception
+        if exception is None:
+            outcome = "succeeded"
+        elif context.retry_scheduled:
+            outcome = "retried"
+        else:
+            outcome = "failed"
+        self._add(context, outcome, duration, exception)
+
+    async def after_skip_message(self, context: MessageContext) -> None:
+        self._started.pop(id(context), None)
+        reason = context.skip.reason if context.skip is not None else None
+        self._add(context, "skipped", None, None, error=reason)
+
+    def _add(
+        self,
+        context: MessageContext,
+        outcome: str,
+        duration: float | None,
+        exception: BaseException | None,
+        *,
+        error: str | None = None,
+    ) -> None:
+        message = context.message
+        retries = message.options.get("retries", 0)
+        self._buffer.append(
+            Event(
+                outcome=outcome,
+                actor=message.actor_name,
+                queue=message.queue_name,
+                message_id=message.message_id,
+                at=time.time(),
+                duration=None if duration is None else round(duration, 6),
+                retries=retries if isinstance(retries, int) else 0,
+                exception=None if exception is None else type(exception).__name__,
+                error=str(exception)[:500] if exception is not None else error,
+            )
+        )
+        if len(self._buffer) > MAX_BUFFERED:
+            del self._buffer[: len(self._buffer) - MAX_BUFFERED]
+
+    async def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        self._broker = broker
+        self._queues = sorted(worker.consuming_queues)
+        self._task = asyncio.create_task(self._run(), name="aqueue-task-events")
+
+    async def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), 5.0)
+
+    async def _run(self) -> None:
+        delay = self.flush_interval
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.flush()
+                delay = self.flush_interval
+            except Exception as exc:  # the stream is away: keep the events, try again later
+                delay = min(max(delay * 2, 1.0), 30.0)
+                log.warning("task events: publishing failed (%s); again in %.0f s", exc, delay)
+
+    async def flush(self) -> None:
+        """Publish the buffered events (or a heartbeat when one is due) as one batch."""
+        async with self._lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        broker = self._broker
+        from ..brokers.rabbitmq import RabbitmqBroker
+
+        if not isinstance(broker, RabbitmqBroker):
+            self._buffer.clear()
+            return
+        due = time.monotonic() - self._last_sent >= self.heartbeat_interval
+        if not self._buffer and not due:
+            return
+        if not self._declared:
+            await declare_stream(
+                broker, self.stream, max_age=self.max_age, max_bytes=self.max_bytes
+            )
+            self._declared = True
+        events, self._buffer = self._buffer, []
+        batch = Batch(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            at=time.time(),
+            queues=self._queues,
+            events=events,
+        )
+        try:
+            await broker.publish(self.stream, _ENCODER.encode(batch), message_id=str(uuid.uuid4()))
+        except BaseException:
+            # Not published (or not known to be): kept for the next batch.
+            self._buffer[:0] = events
+            raise
+        self._last_sent = time.monotonic()
