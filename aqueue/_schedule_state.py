@@ -1,11 +1,13 @@
-"""What the scheduler keeps in RabbitMQ: each schedule's lease and its latest status."""
+"""What the scheduler keeps in RabbitMQ (each schedule's lease and latest status), and the
+rows ``aqueue schedules`` and the dashboard show from them."""
 
 from __future__ import annotations
 
 import datetime
 import os
 import socket
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Lease",
+    "ScheduleRow",
+    "schedule_rows",
     "ScheduleStatus",
     "decode_lease",
     "encode_json",
@@ -84,3 +88,61 @@ def parse_tick(text: str | None) -> datetime.datetime | None:
     if not text:
         return None
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class ScheduleRow:
+    """One schedule as ``aqueue schedules`` and the dashboard show it.
+
+    ``state`` is ``active`` (a process holds the lease and fires the ticks), ``no
+    scheduler`` (the lease waits in its queue) or ``never run``. ``active_scheduler``
+    (``"HOST pid PID"``), ``active_since`` and ``status_updated`` are what the active
+    scheduler last wrote; when none runs, they name the last one that did.
+    """
+
+    name: str
+    expression: str
+    actor: str
+    queue: str
+    next_tick: str
+    last_tick: str | None
+    schedulers: int
+    state: str
+    active_scheduler: str | None
+    active_since: str | None
+    status_updated: str | None
+
+    def asdict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def schedule_rows(broker: Broker) -> list[ScheduleRow]:
+    """Every schedule of ``broker``, by name."""
+    now = datetime.datetime.fromtimestamp(broker._now(), datetime.timezone.utc)
+    rows = []
+    for name, schedule in sorted(broker.schedules.items()):
+        info = await broker.queue_info(lease_queue_name(name))
+        schedulers = 0 if info is None else info.consumers
+        if info is None:
+            state = "never run"
+        elif info.ready == 0 and schedulers:
+            state = "active"
+        else:
+            state = "no scheduler"
+        status = await read_status(broker, name)
+        rows.append(
+            ScheduleRow(
+                name=name,
+                expression=schedule.describe(),
+                actor=schedule.actor.actor_name,
+                queue=schedule.actor.queue_name,
+                next_tick=tick_id(schedule.next_tick(now)),
+                last_tick=None if status is None else status.last_tick,
+                schedulers=schedulers,
+                state=state,
+                active_scheduler=None if status is None else status.holder,
+                active_since=None if status is None else status.active_since,
+                status_updated=None if status is None else status.updated,
+            )
+        )
+    return rows

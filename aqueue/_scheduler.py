@@ -256,7 +256,9 @@ class _ScheduleRunner:
             schedule=self.schedule.name,
             holder=holder_name(),
             active_since=iso_utc(self._leading_since),
-            last_tick=None if self._last is None else tick_id(self._last),
+            last_tick=None
+            if self._last is None or not self._is_tick(self._last)
+            else tick_id(self._last),
             updated=iso_utc(self.broker._now()),
         )
         try:
@@ -313,6 +315,10 @@ class _ScheduleRunner:
                 )
                 self._tell("standby")
             self._leading = False
+
+    def _is_tick(self, moment: datetime.datetime) -> bool:
+        """Whether ``moment`` is a tick (not where a first run started from)."""
+        return self.schedule.next_tick(moment - datetime.timedelta(microseconds=1)) == moment
 
     def _reference(self, now: float) -> datetime.datetime:
         """The time after which the next tick is due: the last tick, or now if none."""

@@ -15,6 +15,8 @@ from click.testing import CliRunner
 import aqueue
 from aqueue.cli import main
 from aqueue.dashboard._app import Dashboard
+from aqueue.middleware import TaskEvents
+from aqueue.middleware.events import EventPublishing
 
 from .conftest import RABBITMQ_URL, RabbitAdmin
 
@@ -372,9 +374,8 @@ def test_workers_are_grouped_by_process_from_the_management_api() -> None:
 async def test_history_from_the_events_stream_survives_a_dashboard_restart(
     app: App, make_dashboard: Callable[..., Dashboard], rabbit: RabbitAdmin
 ) -> None:
-    from aqueue.dashboard.events import TaskEvents
-
     stream = f"{app.queue}.events"
+    assert isinstance(app.broker, EventPublishing)
     app.broker.add_middleware(TaskEvents(stream, flush_interval=0.05))
     app.fail = False
     try:

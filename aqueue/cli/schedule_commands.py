@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import signal
 from typing import Any
@@ -12,10 +11,10 @@ import click
 
 from .._loading import LoadError, load_broker
 from .._logging import configure_logging
-from .._scheduler import Scheduler, lease_queue_name, read_status
+from .._schedule_state import schedule_rows
+from .._scheduler import Scheduler
 from ..broker import Broker
 from ..errors import AqueueError
-from ..schedules import tick_id
 from ._common import EXIT_RUNTIME_ERROR, EXIT_USAGE_ERROR, fail
 from ._operator import echo_json, json_option, operate
 
@@ -115,30 +114,4 @@ def schedules(module: str, as_json: bool) -> None:
 
 
 async def _schedule_rows(broker: Broker) -> list[dict[str, Any]]:
-    now = datetime.datetime.fromtimestamp(broker._now(), datetime.timezone.utc)
-    rows = []
-    for name, schedule in sorted(broker.schedules.items()):
-        info = await broker.queue_info(lease_queue_name(name))
-        schedulers = 0 if info is None else info.consumers
-        if info is None:
-            state = "never run"
-        elif info.ready == 0 and schedulers:
-            state = "active"
-        else:
-            state = "no scheduler"
-        status = await read_status(broker, name)
-        rows.append(
-            {
-                "name": name,
-                "expression": schedule.describe(),
-                "actor": schedule.actor.actor_name,
-                "next_tick": tick_id(schedule.next_tick(now)),
-                "last_tick": None if status is None else status.last_tick,
-                "schedulers": schedulers,
-                "state": state,
-                # The active scheduler, as it last wrote (a stopped one's until another runs).
-                "active_scheduler": None if status is None else status.holder,
-                "active_since": None if status is None else status.active_since,
-            }
-        )
-    return rows
+    return [row.asdict() for row in await schedule_rows(broker)]

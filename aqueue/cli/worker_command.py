@@ -22,6 +22,7 @@ from .._logging import configure_logging
 from .._url import redact_url
 from ..brokers.rabbitmq.server import format_version
 from ..errors import BrokerConnectionError, WorkerError
+from ..middleware.events import TaskEvents
 from ..worker import Worker
 from ._common import EXIT_RUNTIME_ERROR, EXIT_USAGE_ERROR, fail, log
 from .metrics import MULTIPROCESS_ENV, add_metrics_middleware, serve_metrics
@@ -105,6 +106,12 @@ _UNANSWERED_CLOSE = 5.0
     help="Address the metrics server listens on.",
 )
 @click.option(
+    "--events",
+    is_flag=True,
+    help="Publish each message's outcome to the aqueue.events stream, for the task history "
+    "of `aqueue dashboard` (adds the TaskEvents middleware unless the broker has it).",
+)
+@click.option(
     "--no-scheduler",
     is_flag=True,
     help="Do not run the schedules of MODULE(s) in this worker (run `aqueue scheduler` "
@@ -130,6 +137,7 @@ def worker(
     log_format: str,
     metrics_port: int | None,
     metrics_host: str,
+    events: bool,
     no_scheduler: bool,
     loop_name: str,
 ) -> None:
@@ -158,6 +166,8 @@ def worker(
         work.plan()
         if metrics is not None:
             add_metrics_middleware(broker)
+        if events and not any(isinstance(m, TaskEvents) for m in broker.middleware):
+            broker.add_middleware(TaskEvents())  # last: it sees whether a retry was scheduled
     except (LoadError, WorkerError, ValueError) as exc:
         fail(str(exc), EXIT_USAGE_ERROR)
     if metrics is not None and SUPERVISED_ENV not in os.environ:

@@ -3,8 +3,8 @@ history.
 
 ``aqueue dashboard MODULE[:BROKER]`` serves it; :func:`app` builds it as an ASGI app to
 mount in FastAPI or Starlette. It needs the ``dashboard`` extra (Starlette, Jinja2,
-uvicorn), imported only when :func:`app` is called: workers import
-``aqueue.dashboard.events`` (the task events middleware) without it.
+uvicorn), imported only when :func:`app` is called. The task events middleware that feeds
+the history is :class:`aqueue.middleware.TaskEvents`, which needs none of them.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def app(
         management_url: Where the RabbitMQ management API is (unacknowledged counts and
             the workers page), as for ``aqueue queues --management-url``.
         events_stream: The stream workers publish task events to
-            (:class:`~aqueue.dashboard.events.TaskEvents`); None: no history page.
+            (:class:`~aqueue.middleware.TaskEvents`); None: no history page.
         sample_interval: Seconds between samples of the queues' counts.
     """
     from ._app import Dashboard

@@ -3,7 +3,7 @@
 ``GET /api/queues``, ``GET /api/queues/{queue}/dead-letters``,
 ``POST /api/queues/{queue}/dead-letters/replay`` and ``.../purge`` (optional JSON body:
 ``message_ids``, ``actor``, ``reason``, ``older_than``), ``GET /api/workers``,
-``GET /api/history``, ``GET /api/csrf``.
+``GET /api/schedules``, ``GET /api/history``, ``GET /api/csrf``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import _letters, _workers
+from . import _letters, _schedules, _workers
 from ._letters import Selection
 from ._samples import row_json
 from ._security import json_error, parse_json_object
@@ -95,6 +95,11 @@ async def workers(request: Request) -> Response:
     )
 
 
+async def schedules(request: Request) -> Response:
+    rows = await _schedules.schedule_rows(_dashboard(request).broker)
+    return JSONResponse([row.asdict() for row in rows])
+
+
 async def history(request: Request) -> Response:
     h = _dashboard(request).history
     actor = request.query_params.get("actor") or None
@@ -119,6 +124,7 @@ ROUTES = [
     Route("/api/queues/{queue}/dead-letters/replay", replay, methods=["POST"]),
     Route("/api/queues/{queue}/dead-letters/purge", purge, methods=["POST"]),
     Route("/api/workers", workers),
+    Route("/api/schedules", schedules),
     Route("/api/history", history),
     Route("/api/csrf", csrf),
 ]

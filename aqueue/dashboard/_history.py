@@ -24,7 +24,7 @@ import msgspec
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from ..broker import Broker
-from .events import BATCH_DECODER, Event
+from ..middleware.events import BATCH_DECODER, Event
 
 __all__ = ["ActorStats", "History", "Process"]
 
@@ -119,7 +119,7 @@ class History:
         except aio_pika.exceptions.ChannelNotFoundEntity:
             raise RuntimeError(
                 "it does not exist yet: workers create it once they run with "
-                "aqueue.dashboard.events.TaskEvents"
+                "aqueue.middleware.TaskEvents"
             ) from None
         start = datetime.datetime.fromtimestamp(time.time() - self.window, datetime.timezone.utc)
         await queue.consume(self._on_message, arguments={"x-stream-offset": start})

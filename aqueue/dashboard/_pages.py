@@ -1,4 +1,5 @@
-"""The HTML pages: overview, a queue (with its dead letters), workers, history, login.
+"""The HTML pages: overview, a queue (with its dead letters), workers, schedules, history,
+login.
 
 Pages are rendered on the server; forms POST and redirect back (the page works without
 JavaScript, which only adds select-all, confirmations and refreshing).
@@ -15,7 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from .._admin_format import format_duration
-from . import _letters, _workers
+from . import _letters, _schedules, _workers
 from ._letters import Selection
 from ._security import COOKIE, CSRF_FIELD, parse_form
 
@@ -156,6 +157,23 @@ async def workers_page(request: Request) -> Response:
     )
 
 
+async def schedules_page(request: Request) -> Response:
+    dashboard = dashboard_of(request)
+    error = None
+    try:
+        rows = await _schedules.schedule_rows(dashboard.broker)
+    except Exception as exc:  # RabbitMQ away: say so on the page
+        rows, error = [], f"{type(exc).__name__}: {exc}"
+    return dashboard.render(
+        request,
+        "schedules.html",
+        rows=rows,
+        error=error,
+        declared=len(dashboard.broker.schedules),
+        interval=dashboard.sampler.interval,
+    )
+
+
 async def history_page(request: Request) -> Response:
     dashboard = dashboard_of(request)
     history = dashboard.history
@@ -207,6 +225,7 @@ ROUTES = [
     Route("/queues/{queue}", queue_page, name="queue"),
     Route("/queues/{queue}/{action}", letters_action, methods=["POST"], name="letters_action"),
     Route("/workers", workers_page, name="workers"),
+    Route("/schedules", schedules_page, name="schedules"),
     Route("/history", history_page, name="history"),
     Route("/login", login, methods=["GET", "POST"], name="login"),
     Route("/logout", logout, methods=["POST"], name="logout"),

@@ -8,19 +8,14 @@ is not enabled, say), the reason is returned and the page says what it cannot sh
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import anyio
-
 from .._admin import AdminError, management_api
 from ..broker import Broker
-from ..brokers.rabbitmq.management import ManagementApi, ManagementUnavailable
+from ..brokers.rabbitmq.management import ManagementUnavailable
 
 __all__ = ["ConsumedQueue", "WorkerProcess", "Workers", "parse_connection_name", "workers"]
 
@@ -73,8 +68,8 @@ async def workers(broker: Broker, management_url: str | None) -> Workers:
         return Workers([], api)
     try:
         vhost = urllib.parse.quote(api.vhost, safe="")
-        connections = await get_json(api, f"api/vhosts/{vhost}/connections")
-        consumers = await get_json(api, f"api/consumers/{vhost}")
+        connections = await api.get_json(f"api/vhosts/{vhost}/connections")
+        consumers = await api.get_json(f"api/consumers/{vhost}")
     except ManagementUnavailable as exc:
         return Workers([], f"management API unavailable ({exc})")
     return Workers(group(connections, consumers))
@@ -121,59 +116,3 @@ def group(connections: Any, consumers: Any) -> list[WorkerProcess]:
     for process in processes.values():
         process.queues.sort(key=lambda q: q.queue)
     return sorted(processes.values(), key=lambda p: (p.host, p.pid))
-
-
-async def get_json(api: ManagementApi, path: str) -> Any:
-    """``GET path`` of the management API, as JSON.
-
-    Raises:
-        ManagementUnavailable: no endpoint answered.
-    """
-    failures = []
-    for endpoint in list(api._endpoints):  # where and with which credentials, as the API has them
-        try:
-            with anyio.fail_after(api.timeout + 1.0):
-                return await anyio.to_thread.run_sync(
-                    _get,
-                    endpoint.base + path,
-                    endpoint.authorization,
-                    api.timeout,
-                    abandon_on_cancel=True,
-                )
-        except TimeoutError:
-            failures.append(f"{endpoint.base}: no answer within {api.timeout:g} s")
-        except ManagementUnavailable as exc:
-            failures.append(str(exc))
-    raise ManagementUnavailable("; ".join(failures))
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # credentials stay with the host asked
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
-
-
-def _get(url: str, authorization: str, timeout: float) -> Any:
-    base = url.split("/api/", 1)[0] + "/"
-    request = urllib.request.Request(
-        url, headers={"Authorization": authorization, "Accept": "application/json"}
-    )
-    try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            body = response.read()
-    except urllib.error.HTTPError as exc:
-        refused = (
-            "refused the credentials" if exc.code in (401, 403) else f"answered HTTP {exc.code}"
-        )
-        raise ManagementUnavailable(f"{base}: {refused}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        if isinstance(reason, OSError) and reason.strerror:
-            reason = reason.strerror.lower()
-        raise ManagementUnavailable(f"{base}: {reason}") from None
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise ManagementUnavailable(f"{base}: answered with other than JSON") from None

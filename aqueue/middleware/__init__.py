@@ -1,10 +1,12 @@
-"""Middleware: retries, time limits, age limits, callbacks, and the interface for your own."""
+"""Middleware: retries, time limits, age limits, callbacks, task events, and the interface for
+your own."""
 
 from __future__ import annotations
 
 from .age_limit import AgeLimit
 from .base import Middleware, SkipMessage
 from .callbacks import Callbacks
+from .events import TaskEvents
 from .redeliveries import Redeliveries
 from .retries import Retries
 from .time_limit import TimeLimit
@@ -16,6 +18,7 @@ __all__ = [
     "Redeliveries",
     "Retries",
     "SkipMessage",
+    "TaskEvents",
     "TimeLimit",
     "default_middleware",
 ]

@@ -135,12 +135,28 @@ class ManagementApi:
             ManagementUnavailable: no endpoint answered (plugin not enabled, wrong port,
                 refused credentials, timeout); later calls raise it at once.
         """
-        if self._failure is not None:
-            raise ManagementUnavailable(self._failure)
         path = (
             f"api/queues/{urllib.parse.quote(self.vhost, safe='')}/"
             f"{urllib.parse.quote(queue_name, safe='')}"
         )
+        found = await self.get_json(path)
+        if found is None:
+            return None
+        if not isinstance(found, dict):
+            raise ManagementUnavailable(f"{self.describe()}: answered with other than a queue")
+        return _counts(queue_name, found)
+
+    async def get_json(self, path: str) -> Any:
+        """``GET`` ``path`` (below where ``/api/`` lives: ``"api/consumers/%2F"``), as
+        parsed JSON; None if the API answered 404. The first endpoint that answers is
+        asked first from then on.
+
+        Raises:
+            ManagementUnavailable: no endpoint answered (plugin not enabled, wrong port,
+                refused credentials, timeout, not JSON); later calls raise it at once.
+        """
+        if self._failure is not None:
+            raise ManagementUnavailable(self._failure)
         failures = []
         for endpoint in list(self._endpoints):
             try:
@@ -157,11 +173,11 @@ class ManagementApi:
             # Keep asking the one that answered first.
             self._endpoints.remove(endpoint)
             self._endpoints.insert(0, endpoint)
-            return None if found is None else _counts(queue_name, found)
+            return found
         self._failure = "; ".join(failures)
         raise ManagementUnavailable(self._failure)
 
-    def _get(self, endpoint: _Endpoint, path: str) -> dict[str, Any] | None:
+    def _get(self, endpoint: _Endpoint, path: str) -> Any:
         request = urllib.request.Request(
             endpoint.base + path,
             headers={"Authorization": endpoint.authorization, "Accept": "application/json"},
@@ -170,6 +186,7 @@ class ManagementApi:
             with _OPENER.open(request, timeout=self.timeout) as response:
                 body = response.read()
         except urllib.error.HTTPError as exc:
+            exc.close()  # it holds the response (and its socket)
             if exc.code == 404:
                 return None
             if exc.code in (401, 403):
@@ -185,12 +202,9 @@ class ManagementApi:
                 reason = reason.strerror.lower()
             raise ManagementUnavailable(f"{endpoint.base}: {reason}") from None
         try:
-            found = json.loads(body)
+            return json.loads(body)
         except ValueError:
             raise ManagementUnavailable(f"{endpoint.base}: answered with other than JSON") from None
-        if not isinstance(found, dict):
-            raise ManagementUnavailable(f"{endpoint.base}: answered with other than a queue")
-        return found
 
 
 def _counts(queue_name: str, found: dict[str, Any]) -> QueueCounts:

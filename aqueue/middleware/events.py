@@ -1,47 +1,59 @@
-"""Task events for the dashboard's history: workers publish outcomes to a RabbitMQ stream.
+"""Task events: each message's outcome, published in batches for the dashboard's history.
 
-Off by default. Switch it on in the module the worker loads::
+Off by default. Switch it on in the module the workers load::
 
-    broker.add_middleware(aqueue.dashboard.events.TaskEvents())
+    broker.add_middleware(aqueue.middleware.TaskEvents())
 
-(add it after the default middleware, so it sees whether a retry was scheduled). Each
-worker process buffers its events and publishes them in batches, one stream message per
+(after the default middleware, so that it sees whether a retry was scheduled). Each
+worker process buffers its events and hands them to the broker in batches, one per
 ``flush_interval`` (and a heartbeat every ``heartbeat_interval`` seconds while idle, so
-the dashboard knows the process is alive), confirmed like every aqueue publish. The
-stream keeps ``max_age`` and at most ``max_bytes``; the dashboard reads it without
-removing anything, so history survives a dashboard restart.
+the dashboard knows the process is alive). On RabbitMQ a batch is one confirmed message
+of a stream that keeps ``max_age`` and at most ``max_bytes``
+(``aqueue.brokers.rabbitmq.events``); the dashboard reads it without removing anything,
+so history survives a dashboard restart.
 
-This module needs no web framework: workers import it without the ``dashboard`` extra.
+A broker without an event stream (``InMemoryBroker``) publishes nothing: the batches
+with events stay on the middleware, the latest ``KEPT_BATCHES`` in :attr:`TaskEvents.batches`,
+for tests to look at.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import socket
 import time
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
 
-from ..middleware import Middleware
+from .base import Middleware
 
 if TYPE_CHECKING:
     from ..broker import Broker
     from ..context import MessageContext
     from ..worker import Worker
 
-__all__ = ["EVENTS_STREAM", "Batch", "Event", "TaskEvents", "declare_stream"]
+__all__ = [
+    "BATCH_DECODER",
+    "EVENTS_STREAM",
+    "Batch",
+    "Event",
+    "EventPublishing",
+    "TaskEvents",
+]
 
-log = logging.getLogger("aqueue.dashboard.events")
+log = logging.getLogger("aqueue.events")
 
 #: The stream the events go to unless told otherwise.
 EVENTS_STREAM = "aqueue.events"
 #: Events kept in memory at most while the stream cannot be reached (older ones dropped).
 MAX_BUFFERED = 10_000
+#: Batches kept by a middleware whose broker has no event stream.
+KEPT_BATCHES = 1000
 
 
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -76,31 +88,21 @@ _ENCODER = msgspec.json.Encoder()
 BATCH_DECODER = msgspec.json.Decoder(Batch)
 
 
-def stream_arguments(max_age: str, max_bytes: int) -> dict[str, Any]:
-    return {"x-queue-type": "stream", "x-max-age": max_age, "x-max-length-bytes": max_bytes}
+@runtime_checkable
+class EventPublishing(Protocol):
+    """A broker that can publish task events (RabbitMQ: to a stream)."""
 
-
-async def declare_stream(broker: Broker, stream: str, *, max_age: str, max_bytes: int) -> None:
-    """Declare the events stream (durable; a no-op if it exists with these arguments)."""
-    from ..brokers.rabbitmq import RabbitmqBroker
-
-    if not isinstance(broker, RabbitmqBroker):
-        return
-    await broker.connect()
-    connection = broker.connection
-    assert connection is not None
-    channel = await connection.channel()
-    try:
-        await channel.declare_queue(
-            stream, durable=True, arguments=stream_arguments(max_age, max_bytes)
-        )
-    finally:
-        if not channel.is_closed:
-            await channel.close()
+    async def publish_events(
+        self, stream: str, body: bytes, *, max_age: str, max_bytes: int
+    ) -> None: ...
 
 
 class TaskEvents(Middleware):
     """Publish each message's outcome to the events stream, in batches.
+
+    Attributes:
+        batches: With a broker that has no event stream (``InMemoryBroker``), the latest
+            batches that carried events; empty otherwise.
 
     Args:
         stream: The stream's name.
@@ -130,8 +132,8 @@ class TaskEvents(Middleware):
         self._broker: Broker | None = None
         self._queues: list[str] = []
         self._last_sent = 0.0
-        self._declared = False
         self._lock = asyncio.Lock()
+        self.batches: collections.deque[Batch] = collections.deque(maxlen=KEPT_BATCHES)
 
     async def before_process_message(self, context: MessageContext) -> None:
         self._started[id(context)] = time.monotonic()
@@ -183,6 +185,12 @@ class TaskEvents(Middleware):
     async def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         self._broker = broker
         self._queues = sorted(worker.consuming_queues)
+        if not isinstance(broker, EventPublishing):
+            log.info(
+                "task events: %r has no event stream; batches are kept in memory "
+                "(TaskEvents.batches)",
+                broker,
+            )
         self._task = asyncio.create_task(self._run(), name="aqueue-task-events")
 
     async def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
@@ -212,19 +220,14 @@ class TaskEvents(Middleware):
 
     async def _flush(self) -> None:
         broker = self._broker
-        from ..brokers.rabbitmq import RabbitmqBroker
-
-        if not isinstance(broker, RabbitmqBroker):
-            self._buffer.clear()
+        if broker is None:
             return
-        due = time.monotonic() - self._last_sent >= self.heartbeat_interval
+        due = (
+            isinstance(broker, EventPublishing)
+            and time.monotonic() - self._last_sent >= self.heartbeat_interval
+        )
         if not self._buffer and not due:
             return
-        if not self._declared:
-            await declare_stream(
-                broker, self.stream, max_age=self.max_age, max_bytes=self.max_bytes
-            )
-            self._declared = True
         events, self._buffer = self._buffer, []
         batch = Batch(
             host=socket.gethostname(),
@@ -233,8 +236,16 @@ class TaskEvents(Middleware):
             queues=self._queues,
             events=events,
         )
+        if not isinstance(broker, EventPublishing):
+            self.batches.append(batch)
+            return
         try:
-            await broker.publish(self.stream, _ENCODER.encode(batch), message_id=str(uuid.uuid4()))
+            await broker.publish_events(
+                self.stream,
+                _ENCODER.encode(batch),
+                max_age=self.max_age,
+                max_bytes=self.max_bytes,
+            )
         except BaseException:
             # Not published (or not known to be): kept for the next batch.
             self._buffer[:0] = events
