@@ -13,7 +13,7 @@ import msgspec
 from .errors import MessageDecodeError
 from .message import Message
 
-__all__ = ["DeadLetter", "dead_letter_filter", "replay_message"]
+__all__ = ["DeadLetter", "body_message_id", "dead_letter_filter", "replay_message"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,24 @@ class DeadLetter:
         if value is None:
             return None
         return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class _MessageId(msgspec.Struct):
+    message_id: str
+
+
+_message_id_decoder = msgspec.json.Decoder(_MessageId)
+
+
+def body_message_id(body: bytes) -> str | None:
+    """The ``message_id`` field of a message body, or None if there is none.
+
+    For messages published without the AMQP ``message_id`` property (Dramatiq sets none).
+    """
+    try:
+        return _message_id_decoder.decode(body).message_id
+    except Exception:  # not JSON, no message_id, nested too deeply: no id to tell
+        return None
 
 
 def dead_letter_filter(

@@ -9,6 +9,12 @@ For a queue ``q``:
 * ``aqueue.delay.NN`` / ``aqueue.qdelay.NN`` (classic / quorum work queues): the delay
   levels, durable queues with a fixed message TTL that dead-letter to the level below.
 
+With ``dramatiq_compat``, queues are declared exactly as Dramatiq 2.x declares them
+(``dramatiq/brokers/rabbitmq.py``), so that either side may declare first: ``q`` and
+``q.DQ`` (Dramatiq's delay queue) dead-letter to ``q.XQ`` (plus ``x-max-priority`` when
+a max priority is set), and ``q.XQ`` has Dramatiq's ``x-message-ttl`` of 7 days (read,
+like Dramatiq does, from the ``dramatiq_dead_message_ttl`` environment variable).
+
 Every queue is durable and none is exclusive or auto-deleted; the only arguments are
 dead-lettering, TTL, ``x-queue-type``, ``x-overflow`` and ``x-delivery-limit``. None of
 ``x-queue-mode``, ``x-queue-version`` or ``x-consumer-timeout``, so RabbitMQ 4.3
@@ -17,6 +23,7 @@ accepts all of them (``brokers.rabbitmq.server.refused_by_rabbitmq_4_3``).
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 
@@ -24,17 +31,25 @@ from .errors import ActorDefinitionError
 
 __all__ = [
     "DEAD_LETTER_SUFFIX",
+    "DRAMATIQ_DELAY_SUFFIX",
     "MAX_NAME_BYTES",
     "QUEUE_TYPES",
     "QueueType",
     "dead_letter_queue_arguments",
     "dead_letter_queue_name",
+    "dramatiq_dead_letter_arguments",
+    "dramatiq_delay_queue_name",
+    "dramatiq_queue_arguments",
     "queue_arguments",
     "validate_actor_name",
     "validate_queue_name",
 ]
 
 DEAD_LETTER_SUFFIX = ".XQ"
+#: Dramatiq's delay queue of ``q``, where its delayed messages and retries wait.
+DRAMATIQ_DELAY_SUFFIX = ".DQ"
+#: Dramatiq's ``DEAD_MESSAGE_TTL``: how long its dead letters are kept, in milliseconds.
+DRAMATIQ_DEAD_MESSAGE_TTL_MS = 86400000 * 7
 #: Queue names become part of routing keys (at most 255 bytes) with room left for
 #: the delay-level prefix, so they are kept well below that.
 MAX_NAME_BYTES = 180
@@ -115,6 +130,29 @@ def queue_arguments(
 def dead_letter_queue_arguments(queue_type: QueueType = "classic") -> dict[str, Any]:
     """Declaration arguments of a dead-letter queue (the same type as its work queue)."""
     return {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
+
+
+def dramatiq_delay_queue_name(queue_name: str) -> str:
+    """Dramatiq's delay queue of ``queue_name`` (``q.DQ``)."""
+    return queue_name + DRAMATIQ_DELAY_SUFFIX
+
+
+def dramatiq_queue_arguments(queue_name: str, max_priority: int | None = None) -> dict[str, Any]:
+    """Arguments Dramatiq declares ``queue_name`` and its ``.DQ`` with (``queue_name`` is
+    the work queue in both cases: ``.DQ`` dead-letters to the work queue's ``.XQ`` too)."""
+    arguments: dict[str, Any] = {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_letter_queue_name(queue_name),
+    }
+    if max_priority:
+        arguments["x-max-priority"] = max_priority
+    return arguments
+
+
+def dramatiq_dead_letter_arguments() -> dict[str, Any]:
+    """Arguments Dramatiq declares ``q.XQ`` with: its fixed message TTL."""
+    ttl = os.getenv("dramatiq_dead_message_ttl")  # noqa: SIM112 (Dramatiq's own name)
+    return {"x-message-ttl": int(ttl) if ttl else DRAMATIQ_DEAD_MESSAGE_TTL_MS}
 
 
 # -- delays ---------------------------------------------------------------------------------

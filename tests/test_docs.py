@@ -712,6 +712,17 @@ def test_the_example_tests_pass_as_testing_md_runs_them(
     assert not await_(exists(examples.q("signups")))
 
 
+# -- coming-from.md --------------------------------------------------------------------------
+
+
+def test_the_dramatiq_shared_broker_is_a_compat_broker(examples: Examples) -> None:
+    from aqueue.brokers.rabbitmq.dramatiq_compat import DramatiqCompat
+
+    shared = examples.load("dramatiq_shared")
+    assert isinstance(shared.broker.middleware[0], DramatiqCompat)
+    assert shared.broker._declarations.dramatiq_compat
+
+
 # -- schedules.md -----------------------------------------------------------------------------
 
 

@@ -31,7 +31,8 @@ class Retries(Middleware):
     seconds, never less than ``min_backoff``.
 
     Actor options (per message too, except ``retry_when`` and ``throws``):
-        max_retries: Retries before the message is dead-lettered (default 20).
+        max_retries: Retries before the message is dead-lettered (default 20); None for
+            no limit, as in Dramatiq.
         min_backoff: Shortest wait before a retry, seconds or timedelta (default 15 s).
         max_backoff: Longest wait before a retry (default 1 hour).
         retry_when: ``(retries_so_far, exception) -> bool``; replaces the count rule.
@@ -46,7 +47,7 @@ class Retries(Middleware):
     def __init__(
         self,
         *,
-        max_retries: int = 20,
+        max_retries: int | None = 20,
         min_backoff: float = 15.0,
         max_backoff: float = 3600.0,
     ) -> None:
@@ -56,8 +57,10 @@ class Retries(Middleware):
 
     def normalize_option(self, name: str, value: Any) -> Any:
         if name == "max_retries":
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"max_retries must be an int >= 0, not {value!r}")
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0
+            ):
+                raise ValueError(f"max_retries must be an int >= 0 or None, not {value!r}")
             return value
         if name in ("min_backoff", "max_backoff"):
             return to_seconds(value, name=name)
@@ -95,8 +98,10 @@ class Retries(Middleware):
         if retry_when is not None:
             if not retry_when(retries, exc):
                 return
-        elif retries >= context.option("max_retries", self.max_retries):
-            return
+        else:
+            max_retries = context.option("max_retries", self.max_retries)
+            if max_retries is not None and retries >= max_retries:
+                return
 
         min_backoff = context.option("min_backoff", self.min_backoff)
         max_backoff = max(min_backoff, context.option("max_backoff", self.max_backoff))

@@ -30,6 +30,7 @@ from .connections import BOTH, CONSUME, PUBLISH, RoleConnection
 from .consumer import QueueConsumer
 from .dead_letter_queues import DeadLetterQueues
 from .declarations import Declarations
+from .events import EventStreams
 from .publisher import Publisher
 from .server import ServerVersion
 from .single import (
@@ -44,7 +45,7 @@ from .urls import broker_urls, describe_urls
 log = logging.getLogger("aqueue.brokers.rabbitmq")
 
 
-class RabbitmqBroker(DeadLetterQueues, Broker):
+class RabbitmqBroker(EventStreams, DeadLetterQueues, Broker):
     """A broker on RabbitMQ, holding a small, constant number of connections per process.
 
     A process that only sends holds one connection. A worker holds at most two: one that
@@ -87,6 +88,10 @@ class RabbitmqBroker(DeadLetterQueues, Broker):
         max_message_size: Largest message body in bytes (default 1 MiB): a larger
             ``send()`` raises :class:`~aqueue.ValidationError`, a larger delivery is
             dead-lettered.
+        dramatiq_compat: Share queues with Dramatiq producers and workers: declare queues
+            as Dramatiq does, write and read its millisecond durations, move its delayed
+            messages out of ``<queue>.DQ`` (see the "Coming from Dramatiq" page).
+        dramatiq_max_priority: Dramatiq's ``max_priority``, when its brokers set one.
     """
 
     def __init__(
@@ -105,6 +110,8 @@ class RabbitmqBroker(DeadLetterQueues, Broker):
         connect_timeout: float = 10.0,
         publish_timeout: float = 30.0,
         reconnect_interval: float = 1.0,
+        dramatiq_compat: bool = False,
+        dramatiq_max_priority: int | None = None,
     ) -> None:
         super().__init__(middleware=middleware, max_message_size=max_message_size)
         self.urls = broker_urls(url)
@@ -149,6 +156,10 @@ class RabbitmqBroker(DeadLetterQueues, Broker):
             server_version=lambda: self.server_version,
         )
         self._consumers: list[QueueConsumer] = []
+        if dramatiq_compat:
+            from .dramatiq_compat import enable_dramatiq_compat
+
+            enable_dramatiq_compat(self, max_priority=dramatiq_max_priority)
 
     def __repr__(self) -> str:
         return f"RabbitmqBroker({', '.join(redact_url(u) for u in self.urls)!r})"

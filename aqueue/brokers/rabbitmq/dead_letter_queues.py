@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ...broker import Delivery
-from ...dead_letters import DeadLetter, dead_letter_filter, replay_message
+from ...dead_letters import DeadLetter, body_message_id, dead_letter_filter, replay_message
 from ...message import Message
 from ...topology import dead_letter_queue_name
 from .acker import _RabbitmqDelivery
@@ -44,12 +44,20 @@ class DeadLetterQueues(abc.ABC):
     async def dead_letter(
         self, queue_name: str, delivery: Delivery, reason: dict[str, str]
     ) -> None:
-        """Publish the delivery's body to ``<queue>.XQ`` with ``reason`` headers, then ack it."""
+        """Publish the delivery's body to ``<queue>.XQ`` with its own headers and the
+        ``reason`` headers, then ack it.
+
+        The message id is the AMQP property, else the body's ``message_id`` (Dramatiq sets
+        no AMQP id), else a made-up ``undecodable-...`` one.
+        """
         assert isinstance(delivery, _RabbitmqDelivery)
         dlq = dead_letter_queue_name(queue_name)
         await self.declare_queue(queue_name)
-        message_id = delivery.message_id or f"undecodable-{time.time_ns()}"
-        await self.publish(dlq, delivery.body, message_id=message_id, headers=reason)
+        message_id = (
+            delivery.message_id or body_message_id(delivery.body) or f"undecodable-{time.time_ns()}"
+        )
+        headers = {**_original_headers(delivery), **reason}
+        await self.publish(dlq, delivery.body, message_id=message_id, headers=headers)
         await delivery.ack()
 
     async def dead_letters(self, queue_name: str, *, limit: int = 100) -> list[DeadLetter]:
@@ -89,6 +97,12 @@ class DeadLetterQueues(abc.ABC):
 
         async with self._control.temporary_channel() as channel:
             return await take_dead_letters(channel, queue_name, select, _drop, None)
+
+
+def _original_headers(delivery: _RabbitmqDelivery) -> dict[str, Any]:
+    # TODO(acker.py): a public ``headers`` property on _RabbitmqDelivery.
+    properties = delivery._message.header.properties
+    return dict(properties.headers or {})
 
 
 async def _drop(letter: DeadLetter) -> None:

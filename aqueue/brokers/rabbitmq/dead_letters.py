@@ -8,7 +8,7 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from ...dead_letters import DeadLetter
+from ...dead_letters import DeadLetter, body_message_id
 from ...errors import MessageDecodeError
 from ...topology import dead_letter_queue_name
 
@@ -58,5 +58,8 @@ async def take_dead_letters(
 def dead_letter_of(got: DeliveredMessage) -> DeadLetter:
     properties = got.header.properties
     return DeadLetter(
-        body=got.body, headers=dict(properties.headers or {}), message_id=properties.message_id
+        body=got.body,
+        headers=dict(properties.headers or {}),
+        # Dramatiq sets no AMQP message id, and RabbitMQ dead-letters its nacks as they are.
+        message_id=properties.message_id or body_message_id(got.body),
     )

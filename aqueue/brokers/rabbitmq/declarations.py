@@ -3,6 +3,13 @@
 Everything declared here passes RabbitMQ 4.3's rules (durable, no ``x-queue-mode``, no
 ``x-queue-version``, no ``x-consumer-timeout``): see ``server.refused_by_rabbitmq_4_3``
 and the table in docs/deployment.md.
+
+A queue that exists with other arguments is refused by RabbitMQ (``PRECONDITION_FAILED``).
+That is reported as one :class:`~aqueue.BrokerError` line naming the queue, the argument
+and both values (``clashes.py``). With ``dramatiq_compat``, queues are declared as Dramatiq
+declares them (``q.XQ`` with its 7-day TTL, ``q.DQ`` too), so that either may declare
+first; a queue that differs only in what Dramatiq alone sets (``x-max-priority``, the
+``.XQ`` TTL) is used as it is, with a warning, after checking nothing else differs.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiormq
 
@@ -17,6 +25,7 @@ from ...errors import BrokerConnectionError, BrokerError
 from ...topology import (
     DELAY_LEVELS,
     DELIVERY_EXCHANGE,
+    DRAMATIQ_DELAY_SUFFIX,
     QueueType,
     dead_letter_queue_arguments,
     dead_letter_queue_name,
@@ -24,14 +33,20 @@ from ...topology import (
     delay_level_bindings,
     delay_level_name,
     delivery_binding_key,
+    dramatiq_dead_letter_arguments,
+    dramatiq_delay_queue_name,
+    dramatiq_queue_arguments,
     queue_arguments,
 )
+from .clashes import adopt, describe_clash, dramatiq_adoptable, parse_clash
 from .errors import CONNECTION_ERRORS, describe_error
 from .server import ServerVersion, default_delivery_limit, format_version
 
 log = logging.getLogger("aqueue.brokers.rabbitmq")
 
 _DELAYS = "aqueue.delay."  # key prefix in Declarations._done; no queue has such a name
+#: How many differing arguments a compat broker adopts on one queue before it gives up.
+_MAX_ADOPTIONS = 4
 
 
 class Declarations:
@@ -50,6 +65,8 @@ class Declarations:
         timeout: float,
         describe_node: Callable[[], str],
         server_version: Callable[[], ServerVersion | None] = lambda: None,
+        dramatiq_compat: bool = False,
+        max_priority: int | None = None,
     ) -> None:
         self._channel = channel
         self._queue_type_of = queue_type_of
@@ -58,6 +75,10 @@ class Declarations:
         self._describe_node = describe_node
         self._server_version = server_version
         self._told_default_limit = False
+        #: Declare classic queues as Dramatiq does, and adopt what only Dramatiq sets.
+        self.dramatiq_compat = dramatiq_compat
+        #: Dramatiq's ``max_priority`` (``x-max-priority``), with ``dramatiq_compat``.
+        self.max_priority = max_priority
         # Declarations done or under way, shared so that concurrent first sends declare once.
         self._done: dict[str, asyncio.Future[None]] = {}
 
@@ -105,6 +126,11 @@ class Declarations:
                 f"{self._timeout} s while declaring {key!r}"
             ) from None
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            clash = parse_clash(exc)
+            if clash is not None:
+                raise BrokerError(
+                    describe_clash(clash, dramatiq_compat=self.dramatiq_compat)
+                ) from None
             raise BrokerError(
                 f"RabbitMQ refused to declare {key!r} as aqueue does (it exists with other "
                 f"arguments, e.g. another queue type): {exc}"
@@ -116,23 +142,76 @@ class Declarations:
             ) from None
 
     async def _declare_queue(self, queue_name: str) -> None:
-        channel = await self._channel()
         kind = self._queue_type_of(queue_name)
-        arguments = queue_arguments(queue_name, kind, delivery_limit=self._delivery_limit)
+        compat = self.dramatiq_compat and kind == "classic"
+        if compat and queue_name.endswith(DRAMATIQ_DELAY_SUFFIX):
+            # Dramatiq's delay queue, consumed on its own: it dead-letters to the work
+            # queue's .XQ, as Dramatiq declares it.
+            work_queue = queue_name[: -len(DRAMATIQ_DELAY_SUFFIX)]
+            await self._declare(queue_name, dramatiq_queue_arguments(work_queue, self.max_priority))
+            return
+        if compat:
+            arguments = dramatiq_queue_arguments(queue_name, self.max_priority)
+            dead_letter_arguments = dramatiq_dead_letter_arguments()
+        else:
+            arguments = queue_arguments(queue_name, kind, delivery_limit=self._delivery_limit)
+            dead_letter_arguments = dead_letter_queue_arguments(kind)
         if kind == "quorum" and self._delivery_limit is None:
             self._tell_default_limit(queue_name)
         # One answer at a time, so that a clash (a queue that exists with other arguments)
         # is reported as such.
-        await channel.queue_declare(
-            dead_letter_queue_name(queue_name),
-            durable=True,
-            arguments=dead_letter_queue_arguments(kind),
-        )
+        await self._declare(dead_letter_queue_name(queue_name), dead_letter_arguments)
+        await self._declare(queue_name, arguments)
+        if compat:
+            await self._declare(dramatiq_delay_queue_name(queue_name), arguments)
+        channel = await self._open_channel()
         await channel.exchange_declare(DELIVERY_EXCHANGE, exchange_type="topic", durable=True)
-        await channel.queue_declare(queue_name, durable=True, arguments=arguments)
         await channel.queue_bind(
             queue_name, DELIVERY_EXCHANGE, routing_key=delivery_binding_key(queue_name)
         )
+
+    async def _declare(self, queue_name: str, arguments: dict[str, Any]) -> None:
+        """Declare one durable queue; with ``dramatiq_compat``, adopt what Dramatiq set."""
+        arguments = dict(arguments)
+        for _ in range(_MAX_ADOPTIONS):
+            channel = await self._open_channel()
+            try:
+                await channel.queue_declare(queue_name, durable=True, arguments=arguments)
+                return
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                clash = parse_clash(exc)
+                if not (
+                    clash is not None
+                    and self.dramatiq_compat
+                    and dramatiq_adoptable(queue_name, clash.argument)
+                ):
+                    raise
+                log.warning(
+                    "queue %s exists with %s=%s where this broker declares %s; using it as it "
+                    "is (dramatiq_compat)%s",
+                    queue_name,
+                    clash.argument,
+                    "none" if clash.current is None else clash.current,
+                    "none" if clash.received is None else clash.received,
+                    ""
+                    if clash.current is not None
+                    else "; a Dramatiq broker will refuse to declare it until it is deleted and "
+                    "declared again",
+                )
+                adopt(arguments, clash)
+        raise BrokerError(
+            f"queue {queue_name!r} differs in more than {_MAX_ADOPTIONS} arguments from "
+            "what this broker declares"
+        )
+
+    async def _open_channel(self) -> aiormq.abc.AbstractChannel:
+        # A refused declaration closes the channel; the robust channel opens it again soon
+        # after (the caller bounds the wait).
+        while True:
+            channel = await self._channel()
+            if not channel.is_closed:
+                return channel
+            await asyncio.sleep(0.02)
 
     def _tell_default_limit(self, queue_name: str) -> None:
         # delivery_limit=None declares no x-delivery-limit: what that means is the server's.
