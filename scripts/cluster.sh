@@ -6,6 +6,10 @@
 #   scripts/cluster.sh stop     stop the three cluster nodes (only them)
 #   scripts/cluster.sh status   print the state of each node (exit 3 unless all run clustered)
 #   scripts/cluster.sh urls     print the AMQP URLs, comma-separated
+#   scripts/cluster.sh restart-node N [DOWN]
+#                               restart node N (1-3) whole: shut its Erlang VM down, wait DOWN
+#                               seconds (default 0), boot it again with its data, wait until
+#                               the other nodes see it running (a rolling restart's step)
 #
 # Nodes aqueue-c1..c3@localhost, AMQP on 127.0.0.1:5681-5683, distribution on 25681-25683,
 # data and logs under $AQUEUE_CLUSTER_DIR (default /tmp/aqueue-cluster). A cold start (no node
@@ -445,6 +449,43 @@ cmd_stop() {
   log "cluster stopped"
 }
 
+# restart-node N [DOWN]: the whole node, not only its app (stop_app / start_app keep the
+# Erlang VM, its distribution links and its memory). The node keeps its data and membership,
+# so it rejoins by itself when it boots; the other two keep the cluster (and every quorum
+# queue's majority) meanwhile. Refuses when the cluster is not fully running: restarting a
+# node of a degraded cluster could take a quorum queue's majority away.
+cmd_restart_node() {
+  local n=${1:-} down=${2:-0} i node deadline other
+  [[ $n =~ ^[1-3]$ ]] || die "restart-node: N must be 1, 2 or 3"
+  [[ $down =~ ^[0-9]+([.][0-9]+)?$ ]] || die "restart-node: DOWN must be a number of seconds"
+  setup_env
+  prepare_dirs
+  i=$((n - 1))
+  node=$(node_of "$i")
+  other=$(node_of $(((i + 1) % 3)))
+  cluster_ok || die "restart-node: the cluster is not fully running ($(running_nodes))"
+  deadline=$((SECONDS + TIMEOUT))
+  DEADLINE=$deadline
+  # Only once every quorum queue keeps a majority without this node (a replica elsewhere
+  # may still be catching up after the previous step).
+  until as_rmq timeout 60 "$BIN/rabbitmq-queues" -n "$node" -q check_if_node_is_quorum_critical \
+    >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || die "restart-node: $node stays quorum critical"
+    sleep 1
+  done
+  log "stopping $node"
+  stop_node "$i"
+  ! port_open "${PORTS[$i]}" || die "$node still listens on ${PORTS[$i]}"
+  sleep "$down"
+  launch_node "$i"
+  wait_running "$i" "$deadline" || fail "$node did not boot again"
+  while [[ " $(running_nodes "$other") " != *" $node "* ]]; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "$node did not rejoin within ${TIMEOUT}s"
+    sleep 0.5
+  done
+  log "$node restarted and back in the cluster"
+}
+
 cmd_status() {
   local i st running="" seen_by="" rc=0
   setup_env
@@ -477,8 +518,12 @@ case ${1:-} in
   stop) cmd_stop ;;
   status) cmd_status ;;
   urls) urls ;;
+  restart-node)
+    shift
+    cmd_restart_node "$@"
+    ;;
   *)
-    echo "usage: $0 start|stop|status|urls" >&2
+    echo "usage: $0 start|stop|status|urls|restart-node N [DOWN]" >&2
     exit 2
     ;;
 esac

@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -123,3 +124,146 @@ def running_nodes(node: str = CLUSTER_NODES[0]) -> list[str]:
     """The cluster nodes with RabbitMQ running, as `node` sees them."""
     status = json.loads(rabbitmqctl(node, "cluster_status", "--formatter", "json"))
     return [str(name) for name in status.get("running_nodes", [])]
+
+
+def queue_consumers(node: str = CLUSTER_NODES[0], prefix: str = "") -> dict[str, int]:
+    """Consumers per queue (whose name starts with ``prefix``), as ``rabbitmqctl list_queues``
+    on ``node`` reports them (for quorum queues: their leader's count)."""
+    rows = json.loads(
+        rabbitmqctl(node, "list_queues", "name", "consumers", "--formatter", "json", "-q")
+    )
+    return {
+        str(row["name"]): int(row["consumers"])
+        for row in rows
+        if str(row["name"]).startswith(prefix)
+    }
+
+
+def consumer_channels(node: str = CLUSTER_NODES[0], prefix: str = "") -> dict[str, list[str]]:
+    """The channel (its Erlang pid) of every consumer, per queue whose name starts with
+    ``prefix``: two consumers of one queue on one channel is a subscription made twice."""
+    rows = json.loads(
+        rabbitmqctl(
+            node, "list_consumers", "queue_name", "channel_pid", "--formatter", "json", "-q"
+        )
+    )
+    out: dict[str, list[str]] = {}
+    for row in rows:
+        name = str(row["queue_name"])
+        if name.startswith(prefix):
+            out.setdefault(name, []).append(str(row["channel_pid"]))
+    return out
+
+
+def connection_names(node: str = CLUSTER_NODES[0]) -> list[tuple[str, int]]:
+    """The client-provided name of each of the cluster's connections and the AMQP port of
+    the node it is on (aqueue's names say their role and pid: ``aqueue consume <host> pid
+    <pid>``); connections without a name are left out."""
+    rows = json.loads(
+        rabbitmqctl(
+            node, "list_connections", "client_properties", "port", "--formatter", "json", "-q"
+        )
+    )
+    names = []
+    for row in rows:
+        properties = row.get("client_properties") or []
+        # [[key, type, value], ...] in the JSON formatter of 3.x
+        for entry in properties:
+            if isinstance(entry, list) and len(entry) == 3 and entry[0] == "connection_name":
+                names.append((str(entry[2]), int(row["port"])))
+    return names
+
+
+def quorum_critical(node: str) -> bool:
+    """Whether stopping ``node`` now would leave a quorum queue without a majority (one of
+    its replicas elsewhere is down or has not caught up): wait before stopping it."""
+    command = ["rabbitmq-queues", "-n", node, "check_if_node_is_quorum_critical", "-q"]
+    try:
+        result = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ClusterError(f"{' '.join(command)} timed out") from exc
+    return result.returncode != 0
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, every: float = 1.0
+) -> None:
+    """Poll ``condition`` (a rabbitmqctl call costs an Erlang VM start: poll gently)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except ClusterError:
+            pass
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"{what}: not within {timeout}s")
+        time.sleep(every)
+
+
+def restart_node_app(node: str, down_for: float = 3.0, timeout: float = 90) -> dict[str, float]:
+    """Restart RabbitMQ on ``node`` the way a rolling restart does: wait until stopping it
+    loses no quorum, ``stop_app``, stay down ``down_for`` s, ``start_app``, and wait until
+    the other nodes see it running again. Returns when each step happened (time.time())."""
+    wait_until(lambda: not quorum_critical(node), timeout, f"{node} is quorum critical")
+    times = {"stopping": time.time()}
+    stop_node_app(node)
+    times["stopped"] = time.time()
+    time.sleep(down_for)
+    times["starting"] = time.time()
+    start_node_app(node, timeout=timeout)
+    others = [n for n in CLUSTER_NODES if n != node]
+    wait_until(
+        lambda: all(node in running_nodes(other) for other in others),
+        timeout,
+        f"{node} rejoining the cluster",
+    )
+    times["rejoined"] = time.time()
+    return times
+
+
+def ensure_all_running() -> None:
+    """Start RabbitMQ again on any cluster node where only the Erlang node runs (after a
+    test's stop_app); a cold or broken cluster is left to ensure_cluster()."""
+    seen = set()
+    for node in CLUSTER_NODES:
+        try:
+            seen.update(running_nodes(node))
+            break
+        except ClusterError:
+            continue
+    for node in CLUSTER_NODES:
+        if node not in seen:
+            try:
+                start_node_app(node)
+            except ClusterError:
+                ensure_cluster()
+                return
+
+
+def restart_node(node: str, down_for: float = 3.0, timeout: float = 180) -> dict[str, float]:
+    """Restart ``node`` whole (its Erlang VM too) with ``scripts/cluster.sh restart-node``:
+    it waits until stopping it loses no quorum, shuts it down, boots it again after
+    ``down_for`` s with its data, and waits until the others see it running. Returns when
+    it began and when the node had rejoined (time.time())."""
+    number = str(CLUSTER_NODES.index(node) + 1)
+    times = {"stopping": time.time()}
+    try:
+        result = subprocess.run(
+            ["bash", str(CLUSTER_SCRIPT), "restart-node", number, f"{down_for:g}"],
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ClusterError(f"cluster.sh restart-node {number} timed out") from exc
+    if result.returncode != 0:
+        raise ClusterError(f"cluster.sh restart-node {number} failed:\n{result.stdout}")
+    times["rejoined"] = time.time()
+    return times

@@ -28,9 +28,12 @@ from ..._url import describe_url
 from ...errors import BrokerConnectionError
 from .errors import CONNECTION_ERRORS, CONNECTION_ERRORS_OR_TIMEOUT, describe_error
 from .flow_control import watch_flow_control
+from .library_logs import quiet_routine_reconnects
 from .server import ServerVersion, format_version, server_version_of
 
 log = logging.getLogger("aqueue.brokers.rabbitmq")
+
+quiet_routine_reconnects()
 
 # aio-pika raises RuntimeError for a channel opened while it reconnects.
 _CHANNEL_OPEN_ERRORS: tuple[type[Exception], ...] = (RuntimeError, *CONNECTION_ERRORS)
