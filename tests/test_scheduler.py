@@ -327,3 +327,26 @@ async def test_schedules_shows_the_active_scheduler_and_the_last_tick(
         await scheduler.stop()
         await broker.close()
         await rabbit.delete(lease_queue_name(name), status_queue_name(name), queue_name)
+
+
+async def test_a_paris_cron_on_the_in_memory_clock_crosses_the_spring_forward_day() -> None:
+    broker = aqueue.InMemoryBroker()
+    ticks: list[str] = []
+
+    @broker.actor(queue_name="nightly")
+    async def nightly() -> None:
+        ticks.append(aqueue.current_message().options["tick"])
+
+    aqueue.schedule(nightly, cron="30 2 * * *", timezone="Europe/Paris")
+    # Move the clock to 2027-03-26 (some days before Europe's spring-forward, 2027-03-28).
+    start = datetime.datetime(2027, 3, 26, 12, tzinfo=datetime.timezone.utc).timestamp()
+    await broker.fast_forward(start - broker._now())
+    async with aqueue.Worker(broker):
+        await broker.fast_forward(4 * 86400)  # to 2027-03-30 12:00 UTC
+        await broker.join("nightly", timeout=10)
+    assert ticks == [
+        "2027-03-27T01:30:00Z",  # 02:30 CET
+        "2027-03-28T01:00:00Z",  # 02:30 does not exist that night: 03:00 CEST, as cron does
+        "2027-03-29T00:30:00Z",  # 02:30 CEST
+        "2027-03-30T00:30:00Z",
+    ]
