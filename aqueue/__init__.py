@@ -16,6 +16,7 @@ from .context import MessageContext, current_message
 from .dead_letters import DeadLetter
 from .errors import (
     ActorDefinitionError,
+    ActorError,
     ActorNotFound,
     AqueueError,
     BrokerBlockedError,
@@ -67,6 +68,7 @@ __all__ = [
     "Worker",
     # errors
     "ActorDefinitionError",
+    "ActorError",
     "ActorNotFound",
     "AqueueError",
     "BrokerBlockedError",

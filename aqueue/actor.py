@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import datetime
 import inspect
-from collections.abc import Callable, Iterable
+import typing
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+import msgspec
 
 from ._arguments import ArgumentSpec
 from ._default_broker import get_broker
 from ._durations import Duration, to_seconds
+from ._replies import DEFAULT_CALL_TIMEOUT, REPLY_TO, read_reply
 from .errors import ActorDefinitionError, ValidationError
 from .message import Message
 from .topology import validate_actor_name, validate_queue_name
@@ -21,6 +25,7 @@ __all__ = ["Actor", "actor"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 DEFAULT_QUEUE_NAME = "default"
 
@@ -64,6 +69,10 @@ class Actor(Generic[P, R]):
             raise ActorDefinitionError(
                 f"actor {actor_name!r}: concurrency must be a positive int, not {concurrency!r}"
             )
+        if options.get(REPLY_TO) is not None:
+            raise ActorDefinitionError(
+                f"actor {actor_name!r}: {REPLY_TO} is set by call(), per message, not on actors"
+            )
         self.fn = fn
         self.broker = broker
         self.actor_name = validate_actor_name(actor_name)
@@ -72,6 +81,7 @@ class Actor(Generic[P, R]):
         self.options = options
         self.is_async = inspect.iscoroutinefunction(fn)
         self.arguments = ArgumentSpec(fn, actor_name)
+        self._result_decoder: msgspec.json.Decoder[Any] | None = None
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__wrapped__ = fn
         broker.register(self)
@@ -123,6 +133,86 @@ class Actor(Generic[P, R]):
             PublishError: the broker refused or could not route the message.
         """
         return await self.broker.enqueue(self.message_with_options(args=args, kwargs=kwargs))
+
+    # The arguments are checked when the message is built, not by the type checker: it
+    # allows no keyword (``timeout``) beside a ParamSpec's ``*args``.
+    @overload
+    async def call(
+        self: Actor[..., Coroutine[Any, Any, T]],
+        *args: Any,
+        timeout: Duration = DEFAULT_CALL_TIMEOUT,
+        **kwargs: Any,
+    ) -> T: ...
+
+    @overload
+    async def call(
+        self: Actor[..., T],
+        *args: Any,
+        timeout: Duration = DEFAULT_CALL_TIMEOUT,
+        **kwargs: Any,
+    ) -> T: ...
+
+    async def call(
+        self, *args: Any, timeout: Duration = DEFAULT_CALL_TIMEOUT, **kwargs: Any
+    ) -> Any:
+        """Run this actor on a worker and return what it returned.
+
+        The message is sent like :meth:`send` (arguments validated first), with this
+        process's reply address; the worker replies once the outcome is final (after the
+        last retry), and the return value is decoded to the function's return annotation
+        (``-> None``: None). Pass an argument named ``timeout`` of the function itself
+        with ``call_with_options(kwargs={"timeout": ...})``.
+
+        Args:
+            timeout: Seconds (or a timedelta) to wait for the reply, publishing included
+                (default 30).
+
+        Raises:
+            ActorError: the actor failed for good (its exception's type, text and traceback).
+            TimeoutError: no reply within ``timeout`` (the work may still run; a late
+                reply is discarded).
+            ValidationError: the arguments do not fit, or the reply does not fit the
+                return annotation.
+            BrokerConnectionError, PublishError: as for :meth:`send`, or the reply
+                channel was lost while waiting.
+        """
+        return await self.call_with_options(args=args, kwargs=kwargs, timeout=timeout)
+
+    async def call_with_options(
+        self,
+        *,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout: Duration = DEFAULT_CALL_TIMEOUT,
+        **options: Any,
+    ) -> Any:
+        """Like :meth:`call`, with per-message options as for :meth:`send_with_options`."""
+        if REPLY_TO in options:
+            raise ValidationError(f"{self.actor_name}(): {REPLY_TO} is set by call() itself")
+        if REPLY_TO not in self.broker.actor_options:
+            raise ValidationError(
+                f"{self.actor_name}(): call() needs the Replies middleware in the broker's "
+                "stack (aqueue.middleware.Replies, part of the default one)"
+            )
+        timeout = _positive_seconds(timeout)
+        message = self.message_with_options(args=args, kwargs=kwargs, **options)
+        body = await self.broker.request(message, timeout=timeout)
+        try:
+            return read_reply(body, self.actor_name, self._decoder())
+        except msgspec.ValidationError as exc:
+            raise ValidationError(
+                f"{self.actor_name}(): the reply does not fit the return annotation: {exc}"
+            ) from None
+
+    def _decoder(self) -> msgspec.json.Decoder[Any]:
+        """A decoder for the function's return annotation (Any when it has none usable)."""
+        if self._result_decoder is None:
+            try:
+                returns = typing.get_type_hints(self.fn).get("return", Any)
+                self._result_decoder = msgspec.json.Decoder(returns)
+            except Exception:  # no usable annotation (a forward reference, a callable object)
+                self._result_decoder = msgspec.json.Decoder()
+        return self._result_decoder
 
     async def send_with_options(
         self,
@@ -178,6 +268,13 @@ class Actor(Generic[P, R]):
 
 
 Call = tuple[Any, ...] | list[Any] | dict[str, Any]
+
+
+def _positive_seconds(timeout: Duration) -> float:
+    try:
+        return to_seconds(timeout, name="timeout", allow_zero=False)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def _delay_of(delay: Duration | None, eta: datetime.datetime | None) -> float | None:

@@ -15,6 +15,7 @@ from ._default_broker import get_broker, set_broker
 from ._deliveries import Consumer, Delivery, DeliveryHandler
 from ._durations import Duration
 from ._in_flight import InFlightTracking
+from ._replies import ReplySupport
 from ._scheduling_support import SchedulingSupport
 from .actor import Actor
 from .actor import actor as _declare_actor
@@ -62,7 +63,7 @@ class QueueInfo:
     consumers: int
 
 
-class Broker(InFlightTracking, SchedulingSupport):
+class Broker(InFlightTracking, SchedulingSupport, ReplySupport):
     """What every broker offers: actors, sending, consuming, dead-lettering and joining.
 
     Attributes:

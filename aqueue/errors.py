@@ -14,6 +14,7 @@ Every error derives from :class:`AqueueError`::
     │       ├── UnroutableError   no queue is bound for it (returned under ``mandatory``)
     │       └── NackedError       the broker answered the publish with a negative confirm
     ├── WorkerError               the worker cannot start (no actors, unknown queues)
+    ├── ActorError                an actor run by ``call()`` failed for good (remote type, text)
     └── TimeLimitExceeded         an actor ran past its time_limit (recorded as its failure)
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "ActorDefinitionError",
+    "ActorError",
     "ActorNotFound",
     "AqueueError",
     "BrokerBlockedError",
@@ -90,6 +92,24 @@ class NackedError(PublishError):
 
 class WorkerError(AqueueError):
     """A worker cannot start with the given configuration."""
+
+
+class ActorError(AqueueError):
+    """The actor awaited with ``call()`` failed, and no retry was left (or it was skipped).
+
+    Attributes:
+        actor_name: The actor that failed.
+        type_name: The name of the exception type it raised (``"ValueError"``).
+        text: The exception's text (``str(exc)``).
+        traceback: The traceback text, as the worker formatted it (empty if none).
+    """
+
+    def __init__(self, actor_name: str, type_name: str, text: str, traceback: str = "") -> None:
+        super().__init__(f"actor {actor_name} failed: {type_name}: {text}")
+        self.actor_name = actor_name
+        self.type_name = type_name
+        self.text = text
+        self.traceback = traceback
 
 
 class TimeLimitExceeded(AqueueError):

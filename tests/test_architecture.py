@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "aqueue._default_broker",
             "aqueue._in_flight",
             "aqueue._scheduling_support",
+            "aqueue._replies",
             "aqueue._actor_options",
             "aqueue._deliveries",
         ],

@@ -384,13 +384,21 @@ def test_default_middleware_is_the_documented_one() -> None:
         AgeLimit,
         Callbacks,
         Redeliveries,
+        Replies,
         Retries,
         TimeLimit,
         default_middleware,
     )
 
     stack = default_middleware()
-    assert [type(m) for m in stack] == [Redeliveries, AgeLimit, TimeLimit, Retries, Callbacks]
+    assert [type(m) for m in stack] == [
+        Redeliveries,
+        AgeLimit,
+        TimeLimit,
+        Retries,
+        Callbacks,
+        Replies,
+    ]
     redeliveries, age_limit, time_limit, retries = stack[:4]
     assert isinstance(retries, Retries) and isinstance(time_limit, TimeLimit)
     assert isinstance(age_limit, AgeLimit) and isinstance(redeliveries, Redeliveries)

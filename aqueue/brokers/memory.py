@@ -24,21 +24,22 @@ from ..message import Message
 from ..middleware import Middleware
 from ..topology import DEAD_LETTER_SUFFIX
 from ._memory_queues import _Envelope, _MemoryConsumer, _MemoryDelivery, _Queue
+from ._memory_replies import MemoryReplies
 
 __all__ = ["InMemoryBroker"]
 
 log = logging.getLogger(__name__)
 
 
-class InMemoryBroker(Broker):
+class InMemoryBroker(MemoryReplies, Broker):
     """A broker that keeps queues in memory, for users' unit tests.
 
     It offers the same interface and behaviour as :class:`~aqueue.RabbitmqBroker`:
     messages are encoded to JSON and decoded again, sends are validated, prefetch
     bounds what a worker takes, unfinished messages go back to their queue when a
-    worker stops, and retries, delays, time limits, dead letters and callbacks
-    behave the same. Delays run on the real clock; :meth:`fast_forward` releases
-    delayed messages at once.
+    worker stops, and retries, delays, time limits, dead letters, callbacks and
+    ``call()`` behave the same. Delays run on the real clock; :meth:`fast_forward`
+    releases delayed messages at once.
 
     Args:
         middleware: The middleware stack (default: the same as RabbitmqBroker's).

@@ -1,5 +1,5 @@
-"""Middleware: retries, time limits, age limits, callbacks, task events, and the interface for
-your own."""
+"""Middleware: retries, time limits, age limits, callbacks, replies, task events, and the
+interface for your own."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from .base import Middleware, SkipMessage
 from .callbacks import Callbacks
 from .events import TaskEvents
 from .redeliveries import Redeliveries
+from .replies import Replies
 from .retries import Retries
 from .time_limit import TimeLimit
 
@@ -16,6 +17,7 @@ __all__ = [
     "Callbacks",
     "Middleware",
     "Redeliveries",
+    "Replies",
     "Retries",
     "SkipMessage",
     "TaskEvents",
@@ -25,10 +27,10 @@ __all__ = [
 
 
 def default_middleware() -> list[Middleware]:
-    """A new default stack: Redeliveries, AgeLimit, TimeLimit, Retries, Callbacks.
+    """A new default stack: Redeliveries, AgeLimit, TimeLimit, Retries, Callbacks, Replies.
 
     Redeliveries comes first so that a message that keeps killing its worker is
-    stopped before anything else; Retries comes before Callbacks so that
-    ``on_failure`` is sent only after the last retry.
+    stopped before anything else; Retries comes before Callbacks and Replies so that
+    ``on_failure`` is sent, and ``call()`` answered, only after the last retry.
     """
-    return [Redeliveries(), AgeLimit(), TimeLimit(), Retries(), Callbacks()]
+    return [Redeliveries(), AgeLimit(), TimeLimit(), Retries(), Callbacks(), Replies()]

@@ -32,6 +32,7 @@ from .dead_letter_queues import DeadLetterQueues
 from .declarations import Declarations
 from .events import EventStreams
 from .publisher import Publisher
+from .replies import DirectReplyTo
 from .server import ServerVersion
 from .single import (
     LATEST_ONLY_ARGUMENTS,
@@ -45,7 +46,7 @@ from .urls import broker_urls, describe_urls
 log = logging.getLogger("aqueue.brokers.rabbitmq")
 
 
-class RabbitmqBroker(EventStreams, DeadLetterQueues, Broker):
+class RabbitmqBroker(EventStreams, DeadLetterQueues, DirectReplyTo, Broker):
     """A broker on RabbitMQ, holding a small, constant number of connections per process.
 
     A process that only sends holds one connection. A worker holds at most two: one that

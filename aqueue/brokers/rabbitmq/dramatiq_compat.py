@@ -18,7 +18,7 @@ shares live queues with Dramatiq 2.x producers and workers, in either order:
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ...context import MessageContext
 from ...message import Message
@@ -88,11 +88,10 @@ class DramatiqCompat(Middleware):
         from_wire(context.message.options)
 
     async def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
-        from .broker import RabbitmqBroker
-
-        if not isinstance(broker, RabbitmqBroker):
-            return
-        delays = DramatiqDelays(broker)
+        # Duck-typed: this module must not import the broker module (it imports this one).
+        if not getattr(getattr(broker, "_declarations", None), "dramatiq_compat", False):
+            return  # not a RabbitmqBroker with dramatiq_compat=True
+        delays = DramatiqDelays(cast("RabbitmqBroker", broker))
         self._delays[id(worker)] = delays
         try:
             await delays.start([plan.name for plan in worker.plan()])
