@@ -118,7 +118,10 @@ class Run:
             **self.worker_env,
             "FAULT_QUEUE": self.queue,
             "FAULT_OUT": str(self.directory),
-            "PYTHONPATH": str(self.directory),
+            # The actors' module, then what the caller set (e.g. a checkout to measure).
+            "PYTHONPATH": os.pathsep.join(
+                [str(self.directory), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
         }
 
     def start_worker(self) -> subprocess.Popen[bytes]:
