@@ -27,7 +27,7 @@ from ._decoding import REJECTIONS, MessageTooLarge, bind_message, decode_message
 from ._failures import FAILED, failure_headers, now_iso
 from ._plans import QueuePlan
 from ._recent import Outcome, RecentMessages
-from ._threads import run_in_thread
+from ._threads import NotStarted, ThreadPool
 from .broker import CORE_ACTOR_OPTIONS, Broker, Delivery
 from .context import MessageContext, _current
 from .errors import TimeLimitExceeded
@@ -58,8 +58,7 @@ class MessageProcessor:
         #: Set while the worker stops: new deliveries are given back.
         self.stopping = False
         self._waiting: set[anyio.CancelScope] = set()
-        self._thread_slots = anyio.CapacityLimiter(threads)
-        self._thread_pool = anyio.CapacityLimiter(threads)
+        self._threads = ThreadPool(threads)
         self._before_process: list[Middleware] = []
         self._after_process: list[Middleware] = []
         self._after_skip: list[Middleware] = []
@@ -84,6 +83,7 @@ class MessageProcessor:
         """Give back at once the deliveries that wait for a free slot (the worker stops)."""
         for scope in list(self._waiting):
             scope.cancel()
+        self._threads.cancel_waiting()
 
     async def process(self, plan: QueuePlan, delivery: Delivery) -> None:
         """Process one delivery of ``plan``'s queue, and settle it."""
@@ -132,8 +132,7 @@ class MessageProcessor:
         if redelivered or options.get("redeliveries"):
             # RabbitMQ's copy of a message this process ran when its connection dropped, or
             # that copy counted and republished by the redelivery limit of another process.
-            while (earlier := recent.running(key)) is not None:
-                await asyncio.shield(earlier)
+            await recent.wait(key)
             ended = recent.ended(key)
             if ended is Outcome.FINISHED:
                 log.info(
@@ -147,7 +146,7 @@ class MessageProcessor:
                 return
             if ended is Outcome.RETURNED:
                 redelivered = False  # it came back for a reason known here, not a crash
-        tracked = recent.running(key) is None  # else a duplicate publish of a running message
+        tracked = not recent.is_running(key)  # else a duplicate publish of a running message
         context = MessageContext(
             broker=self.broker, message=message, actor=actor, redelivered=redelivered
         )
@@ -323,17 +322,15 @@ class MessageProcessor:
                     return await self._deadlines.run(actor.fn(*args, **kwargs), time_limit)
                 except DeadlineExceeded:
                     raise _time_limit_exceeded(actor.actor_name, time_limit) from None
-            await self._acquire(self._thread_slots, delivery)
+            call = functools.partial(actor.fn, *args, **kwargs)
             try:
-                call = functools.partial(actor.fn, *args, **kwargs)
-                try:
-                    return await run_in_thread(
-                        call, limiter=self._thread_pool, time_limit=time_limit
-                    )
-                except TimeLimitExceeded:
-                    raise _time_limit_exceeded(actor.actor_name, time_limit) from None
-            finally:
-                self._thread_slots.release()
+                return await self._threads.run(
+                    call, time_limit=time_limit, skip=lambda: delivery.lost
+                )
+            except TimeLimitExceeded:
+                raise _time_limit_exceeded(actor.actor_name, time_limit) from None
+            except NotStarted:
+                raise _NotStarted from None
         finally:
             if limiter is not None:
                 limiter.release()

@@ -35,20 +35,34 @@ class Outcome(enum.Enum):
 
 
 class RecentMessages:
-    """The messages running now, and the last ``size`` messages that finished or returned."""
+    """The messages running now, and the last ``size`` messages that finished or returned.
+
+    Every message passes here twice (``start``, ``end``), so both are a few dict
+    operations: the future a copy waits on is made only when a copy comes.
+    """
 
     def __init__(self, size: int = 10_000) -> None:
         self._size = size
-        self._running: dict[Key, asyncio.Future[Outcome]] = {}
+        # A run in progress, and the future of the copies waiting for it (None: no copy).
+        self._running: dict[Key, asyncio.Future[Outcome] | None] = {}
         self._ended: collections.OrderedDict[Key, Outcome] = collections.OrderedDict()
 
     @staticmethod
     def key(message_id: str, retries: object) -> Key:
         return (message_id, retries)
 
-    def running(self, key: Key) -> asyncio.Future[Outcome] | None:
-        """The outcome-to-be of the run of ``key`` in progress here, if any."""
-        return self._running.get(key)
+    def is_running(self, key: Key) -> bool:
+        """Whether a run of ``key`` is in progress here."""
+        return key in self._running
+
+    async def wait(self, key: Key) -> None:
+        """Wait until the run of ``key`` in progress here (if any) ended."""
+        running = self._running
+        while key in running:
+            future = running[key]
+            if future is None:
+                future = running[key] = asyncio.get_running_loop().create_future()
+            await asyncio.shield(future)
 
     def ended(self, key: Key) -> Outcome | None:
         """How the last run of ``key`` here ended, if it ended recently."""
@@ -56,7 +70,7 @@ class RecentMessages:
 
     def start(self, key: Key) -> None:
         """A run of ``key`` starts (the caller checked none is running)."""
-        self._running[key] = asyncio.get_running_loop().create_future()
+        self._running[key] = None
 
     def end(self, key: Key, outcome: Outcome) -> None:
         """The run of ``key`` ended: remember how, and tell the copies waiting for it."""
@@ -64,7 +78,8 @@ class RecentMessages:
         if future is not None and not future.done():
             future.set_result(outcome)
         ended = self._ended
+        if key in ended:
+            ended.move_to_end(key)
         ended[key] = outcome
-        ended.move_to_end(key)
         if len(ended) > self._size:
             ended.popitem(last=False)

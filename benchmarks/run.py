@@ -24,6 +24,9 @@ The method is in ``docs/performance.md``. In short:
 * **Memory and start-up**: RSS of an idle ``aqueue worker`` with 5 actors; start-up time
   and AMQP connections of one with 100 actors on 100 queues.
 * **Blocking actors**: ``time.sleep(0.1)`` actors with ``--threads`` 8 and 32.
+* **Threads**: a pre-filled queue drained by a blocking no-op (``def``) actor with
+  ``--drain-threads`` threads: ``aqueue worker``, Dramatiq's CLI, and a raw aio-pika
+  consumer that hands each message to a ``ThreadPoolExecutor`` (``run_in_executor``).
 
 Every comparison alternates its sides within each of ``--repeat`` rounds and reports
 medians; ratios are ratios of medians from this one run. Every run uses fresh queue
@@ -83,7 +86,12 @@ GOALS = {
     "idle_rss_mb": 35.0,
     "start_100_s": 2.0,
     "connections_100": 2,  # a worker: one connection consumes, one publishes
-    "blocking_efficiency": 0.95,
+    "blocking_efficiency": 0.97,
+    # Issue 18.
+    "threads_vs_dramatiq": 1.5,
+    "threads_cpu_vs_dramatiq": 0.7,
+    "latency_p50_vs_raw": 1.0,
+    "latency_p99_vs_raw": 1.5,
 }
 
 
@@ -100,6 +108,8 @@ class Settings:
     latency_messages: int
     latency_gap: float
     threads: list[int]
+    drain_threads: int
+    baseline: str | None
     only: list[str]
     peers: list[str]
     json_path: str | None
@@ -330,6 +340,9 @@ class Peer:
     exchanges: Callable[[str], list[str]] = lambda q: []
     loop: str = "auto"  # aqueue's --loop; BENCH_LOOP for the raw consumer
     ack: str = "single"  # BENCH_ACK for exp-*
+    in_drain: bool = True  # a side of the drain section (else of the threads section only)
+    #: BENCH_PREFETCH of the raw consumers, by threads (default ``--prefetch``).
+    prefetch: Callable[[int], int] | None = None
 
 
 def python(*args: str) -> list[str]:
@@ -485,6 +498,17 @@ PEERS: dict[str, Peer] = {
     ),
     "raw": Peer("raw", "async", raw_argv, fill_raw, lambda q: [], loop="asyncio"),
     "raw-uvloop": Peer("raw-uvloop", "async", raw_argv, fill_raw, lambda q: [], loop="uvloop"),
+    # aio-pika handing each message to a ThreadPoolExecutor, prefetch 2 x threads (Dramatiq's).
+    "raw-thread": Peer(
+        "raw-thread",
+        "sync",
+        raw_argv,
+        fill_raw,
+        lambda q: [],
+        loop="asyncio",
+        in_drain=False,
+        prefetch=lambda threads: 2 * threads,
+    ),
     # Experiments, not peers: aiormq without aio-pika (aqueue's floor), and coalesced acks.
     "exp-aiormq": Peer("exp-aiormq", "async", raw_aiormq_argv, fill_raw, lambda q: []),
     "exp-multiack": Peer(
@@ -511,15 +535,23 @@ PEERS: dict[str, Peer] = {
 
 
 def peer_env(
-    settings: Settings, peer: Peer, queue: str, count: int, out: Path, **extra: str
+    settings: Settings,
+    peer: Peer,
+    queue: str,
+    count: int,
+    out: Path,
+    threads: int = 8,
+    **extra: str,
 ) -> dict[str, str]:
+    prefetch = settings.prefetch if peer.prefetch is None else peer.prefetch(threads)
     return {
         "BENCH_URL": settings.url,
         "BENCH_QUEUE": queue,
         "BENCH_N": str(count),
         "BENCH_OUT": str(out),
         "BENCH_KIND": peer.kind,
-        "BENCH_PREFETCH": str(settings.prefetch),
+        "BENCH_THREADS": str(threads),
+        "BENCH_PREFETCH": str(prefetch),
         "BENCH_LOOP": peer.loop,
         "BENCH_ACK": peer.ack,
         **extra,
@@ -539,15 +571,23 @@ async def drain_process(
     threads: int = 8,
     sleep: float = 0.0,
     benchmark: str = "drain",
+    side: str | None = None,
+    pythonpath: str | None = None,
 ) -> Sample:
-    """Pre-fill a queue, start the peer's worker process, read its probe report."""
+    """Pre-fill a queue, start the peer's worker process, read its probe report.
+
+    ``pythonpath`` goes first on the worker's path: another checkout of aqueue, for a
+    before/after comparison (reported as ``side``).
+    """
     count = settings.messages if count is None else count
     queue = new_queue(peer.name.split("-")[0])
     out = tmp / f"{queue}.json"
     log_path = tmp / f"{queue}.log"
     try:
         await peer.fill(settings, queue, count)
-        env = peer_env(settings, peer, queue, count, out, BENCH_SLEEP=str(sleep))
+        env = peer_env(settings, peer, queue, count, out, threads, BENCH_SLEEP=str(sleep))
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
         with worker_process(peer.argv(settings, threads), env, log_path) as process:
             timeout = max(60.0, count / 200)
             report = await asyncio.to_thread(wait_for_report, out, process, log_path, timeout)
@@ -556,7 +596,7 @@ async def drain_process(
         done = count if sleep else count - 1
         return Sample(
             benchmark,
-            peer.name,
+            side or peer.name,
             round_,
             done,
             report["last_wall"] - report["first_wall"],
@@ -566,8 +606,8 @@ async def drain_process(
             loop=report.get("loop"),
         )
     except Exception as exc:
-        log.error("%s %s round %d failed: %s", benchmark, peer.name, round_, exc)
-        return Sample(benchmark, peer.name, round_, count, 0.0, 0.0, error=str(exc)[:500])
+        log.error("%s %s round %d failed: %s", benchmark, side or peer.name, round_, exc)
+        return Sample(benchmark, side or peer.name, round_, count, 0.0, 0.0, error=str(exc)[:500])
     finally:
         await delete_topology(
             settings.url, [queue, *peer.extra_queues(queue)], peer.exchanges(queue)
@@ -931,7 +971,11 @@ def show(sample: Sample) -> None:
 
 async def run(settings: Settings) -> Results:
     results = Results()
-    peers = [p for p in PEERS if p in settings.peers or p.split("-")[0] in settings.peers]
+    peers = [
+        p
+        for p in PEERS
+        if PEERS[p].in_drain and (p in settings.peers or p.split("-")[0] in settings.peers)
+    ]
     with tempfile.TemporaryDirectory(prefix="aqueue-bench-") as tmp_name:
         tmp = Path(tmp_name)
         if "drain" in settings.only:
@@ -944,6 +988,32 @@ async def run(settings: Settings) -> Results:
                 show(results.samples[-1])
                 results.samples.append(await drain_raw_inprocess(settings, round_))
                 show(results.samples[-1])
+        if "threads" in settings.only:
+            threads = settings.drain_threads
+            print(f"threads: {settings.messages} messages, {threads} threads", flush=True)
+            sides = ["aqueue-sync", "raw-thread"]
+            if "dramatiq" in settings.peers:
+                sides.append("dramatiq")
+            for round_ in range(1, settings.repeat + 1):
+                if settings.baseline:
+                    sample = await drain_process(
+                        settings,
+                        PEERS["aqueue-sync"],
+                        round_,
+                        tmp,
+                        threads=threads,
+                        benchmark="threads",
+                        side="aqueue-sync-baseline",
+                        pythonpath=settings.baseline,
+                    )
+                    results.samples.append(sample)
+                    show(sample)
+                for name in sides:
+                    sample = await drain_process(
+                        settings, PEERS[name], round_, tmp, threads=threads, benchmark="threads"
+                    )
+                    results.samples.append(sample)
+                    show(sample)
         if "send" in settings.only:
             print("send", flush=True)
             plan = [
@@ -1062,6 +1132,15 @@ def goals(results: Results, table: dict[str, Any]) -> list[dict[str, Any]]:
     for threads, entry in results.blocking.items():
         add(f"blocking, {threads} threads (share of N x 10/s)", entry.get("efficiency"),
             GOALS["blocking_efficiency"], True, "")  # fmt: skip
+    add("threads: blocking drain aqueue / dramatiq", ratio(table, "threads", "aqueue-sync",
+        "dramatiq"), GOALS["threads_vs_dramatiq"], True, "same threads")  # fmt: skip
+    add("threads: CPU per message aqueue / dramatiq", ratio(table, "threads", "aqueue-sync",
+        "dramatiq", "cpu"), GOALS["threads_cpu_vs_dramatiq"], False, "")  # fmt: skip
+    raw_lat = results.latency.get("raw", {})
+    for q, key in (("p50", "latency_p50_vs_raw"), ("p99", "latency_p99_vs_raw")):
+        a, b = lat.get(f"{q}_ms"), raw_lat.get(f"{q}_ms")
+        add(f"latency {q}: aqueue / raw aio-pika", a / b if a and b else None, GOALS[key],
+            False, "same run")  # fmt: skip
     return rows
 
 
@@ -1082,7 +1161,7 @@ def print_report(settings: Settings, results: Results, table: dict[str, Any]) ->
     print(header)
     print("-" * len(header))
     for benchmark, sides in table.items():
-        raw_side = "raw" if "raw" in sides else None
+        raw_side = "raw-thread" if benchmark == "threads" else "raw" if "raw" in sides else None
         if benchmark == "send-many":
             raw_entry = table.get("send-concurrent", {}).get("raw")
         else:
@@ -1146,7 +1225,7 @@ def environment() -> dict[str, str]:
     return env
 
 
-SECTIONS = ["drain", "send", "latency", "memory", "blocking"]
+SECTIONS = ["drain", "threads", "send", "latency", "memory", "blocking"]
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -1162,6 +1241,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--latency-messages", type=int, default=500)
     parser.add_argument("--latency-gap", type=float, default=0.01, help="seconds between sends")
     parser.add_argument("--threads", default="8,32", help="thread counts for blocking actors")
+    parser.add_argument(
+        "--drain-threads", type=int, default=8, help="threads of the blocking drain (threads)"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="threads section: also run aqueue-sync from this checkout (before/after)",
+    )
     parser.add_argument(
         "--only", default=",".join(SECTIONS), help=f"sections to run, of {','.join(SECTIONS)}"
     )
@@ -1188,6 +1275,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         latency_messages=args.latency_messages,
         latency_gap=args.latency_gap,
         threads=[int(t) for t in args.threads.split(",") if t.strip()],
+        drain_threads=args.drain_threads,
+        baseline=args.baseline,
         only=only,
         peers=peers,
         json_path=args.json_path,
