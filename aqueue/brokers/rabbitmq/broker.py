@@ -362,7 +362,7 @@ class RabbitmqBroker(EventStreams, DeadLetterQueues, DirectReplyTo, Broker):
             channel = await self._channel_for_topology()
             await channel.queue_declare(queue_name, durable=True, arguments=LATEST_ONLY_ARGUMENTS)
 
-        await declare()
+        # Declared only when the publish finds no queue (mandatory): not once per renewal.
         await publish_declared(
             lambda: self.publish(queue_name, body, message_id=queue_name), declare
         )
