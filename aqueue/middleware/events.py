@@ -196,7 +196,16 @@ class TaskEvents(Middleware):
     async def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         task, self._task = self._task, None
         if task is not None:
+            # A batch being published finishes first: cancelled half way, it would be kept
+            # and sent again by the last flush below (each event twice in the history).
+            try:
+                await asyncio.wait_for(self._lock.acquire(), 5.0)
+                acquired = True
+            except asyncio.TimeoutError:
+                acquired = False
             task.cancel()
+            if acquired:
+                self._lock.release()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         with contextlib.suppress(Exception):
