@@ -34,19 +34,13 @@ from .events import EventStreams
 from .publisher import Publisher
 from .replies import DirectReplyTo
 from .server import ServerVersion
-from .single import (
-    LATEST_ONLY_ARGUMENTS,
-    SINGLE_PREFETCH,
-    declare_single_queue,
-    peek,
-    publish_declared,
-)
+from .single_queues import SingleQueues
 from .urls import broker_urls, describe_urls
 
 log = logging.getLogger("aqueue.brokers.rabbitmq")
 
 
-class RabbitmqBroker(EventStreams, DeadLetterQueues, DirectReplyTo, Broker):
+class RabbitmqBroker(EventStreams, DeadLetterQueues, DirectReplyTo, SingleQueues, Broker):
     """A broker on RabbitMQ, holding a small, constant number of connections per process.
 
     A process that only sends holds one connection. A worker holds at most two: one that
@@ -332,48 +326,6 @@ class RabbitmqBroker(EventStreams, DeadLetterQueues, DirectReplyTo, Broker):
         await consumer.start()
         self._consumers.append(consumer)
         return consumer
-
-    async def consume_single(self, queue_name: str, *, handler: DeliveryHandler) -> Consumer:
-        """:meth:`Broker.consume_single`, declared with ``x-single-active-consumer``."""
-        connection = await self._consuming.connect()
-        await self._declare_single(queue_name)
-        consumer = QueueConsumer(
-            connection, queue_name, SINGLE_PREFETCH, handler, self._declare_single
-        )
-        await consumer.start()
-        self._consumers.append(consumer)
-        return consumer
-
-    async def _declare_single(self, queue_name: str) -> None:
-        channel = await self._channel_for_topology()
-        await declare_single_queue(channel, queue_name, self.queue_type_of(queue_name))
-
-    async def publish_single(self, queue_name: str, body: bytes, *, message_id: str) -> None:
-        """:meth:`Broker.publish_single` (declaring the queue again if it was deleted)."""
-        await publish_declared(
-            lambda: self.publish(queue_name, body, message_id=message_id),
-            lambda: self._declare_single(queue_name),
-        )
-
-    async def publish_latest(self, queue_name: str, body: bytes) -> None:
-        """:meth:`Broker.publish_latest`: a classic queue with ``x-max-length`` 1."""
-
-        async def declare() -> None:
-            channel = await self._channel_for_topology()
-            await channel.queue_declare(queue_name, durable=True, arguments=LATEST_ONLY_ARGUMENTS)
-
-        # Declared only when the publish finds no queue (mandatory): not once per renewal.
-        await publish_declared(
-            lambda: self.publish(queue_name, body, message_id=queue_name), declare
-        )
-
-    async def peek_latest(self, queue_name: str) -> bytes | None:
-        """:meth:`Broker.peek_latest`."""
-        try:
-            async with self._control.temporary_channel() as channel:
-                return await peek(channel, queue_name)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return None
 
     async def give_back(self, queue_name: str, delivery: Delivery) -> None:
         """Publish the delivery to ``queue_name`` again (same body, message id and headers),
