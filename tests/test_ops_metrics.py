@@ -65,6 +65,9 @@ async def test_middleware_counts_every_outcome(broker: aqueue.Broker, queue_name
     await work.send("fail")
     await work.send_with_options(args=("old",), max_age=0.001)
     await work.send("ignore")
+    # The "old" message must be older than its 1 ms max_age when it runs: on the in-memory
+    # broker a worker can reach it within the same millisecond (message_timestamp is in ms).
+    await asyncio.sleep(0.01)
 
     labels = {"queue": queue_name, "actor": "work"}
     async with aqueue.Worker(broker, queues=[queue_name]):
