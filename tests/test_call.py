@@ -7,7 +7,12 @@ import datetime
 import logging
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -319,3 +324,79 @@ async def test_reply_to_is_not_an_actor_option_and_call_needs_the_replies_middle
 
     with pytest.raises(aqueue.ValidationError, match="Replies middleware"):
         await unanswerable.call(timeout=1)
+
+
+SLOW_MODULE = """
+import asyncio
+import os
+
+import aqueue
+
+broker = aqueue.RabbitmqBroker()
+
+
+@broker.actor(queue_name=os.environ["CALL_QUEUE"], actor_name="slow_double")
+async def slow_double(n: int) -> int:
+    with open(os.environ["CALL_OUT"], "a") as out:
+        out.write(f"started {os.getpid()}\\n")
+    await asyncio.sleep(float(os.environ["CALL_SLEEP"]))
+    return 2 * n
+"""
+
+
+def _start_call_worker(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aqueue", "worker", "slow_calls", "--log-level", "warning"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def test_a_worker_killed_mid_call_is_redelivered_and_the_call_still_returns(
+    rabbitmq_broker: aqueue.RabbitmqBroker, queue_name: str, tmp_path: Path
+) -> None:
+    (tmp_path / "slow_calls.py").write_text(SLOW_MODULE)
+    out = tmp_path / "out.txt"
+    env = {
+        **os.environ,
+        "AQUEUE_BROKER_URL": RABBITMQ_URL,
+        "CALL_QUEUE": queue_name,
+        "CALL_OUT": str(out),
+        "CALL_SLEEP": "1.0",
+        "PYTHONPATH": str(tmp_path),
+    }
+
+    @rabbitmq_broker.actor(queue_name=queue_name, actor_name="slow_double")
+    async def slow_double(n: int) -> int:
+        raise NotImplementedError  # runs in the worker processes
+
+    def starts() -> list[str]:
+        return out.read_text().splitlines() if out.exists() else []
+
+    victim = _start_call_worker(tmp_path, env)
+    survivor = None
+    try:
+        call = asyncio.ensure_future(slow_double.call(21, timeout=30))
+        deadline = time.monotonic() + 20
+        while not starts():
+            assert time.monotonic() < deadline, "the first worker never started the message"
+            assert not call.done()
+            await asyncio.sleep(0.02)
+        killed_at = time.monotonic()
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        assert not call.done()
+        survivor = _start_call_worker(tmp_path, env)
+        assert await call == 42
+        waited = time.monotonic() - killed_at
+    finally:
+        for worker in (victim, survivor):
+            if worker is not None and worker.poll() is None:
+                worker.kill()
+                worker.wait(10)
+    # Started by the killed worker, then again (redelivered) by the one that answered.
+    assert [line.split()[1] for line in starts()] == [str(victim.pid), str(survivor.pid)]
+    assert waited < 20, f"the call took {waited:.1f} s after the kill"
+    assert waiting_calls(rabbitmq_broker) == 0
