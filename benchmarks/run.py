@@ -20,7 +20,8 @@ The method is in ``docs/performance.md``. In short:
   ``confirm_delivery=True``); aqueue's ``send_many`` in batches of ``--batch``.
 * **Latency**: an idle worker process; ``--latency-messages`` sequential sends, spaced
   by ``--latency-gap`` seconds; send-to-start = the actor's ``time.time()`` at start
-  minus the sender's before ``send``.
+  minus the sender's before ``send``; ``--repeat`` alternating rounds, percentiles of
+  every round's sends together.
 * **Memory and start-up**: RSS of an idle ``aqueue worker`` with 5 actors; start-up time
   and AMQP connections of one with 100 actors on 100 queues.
 * **Blocking actors**: ``time.sleep(0.1)`` actors with ``--threads`` 8 and 32.
@@ -796,18 +797,36 @@ async def latency(settings: Settings, side: str, tmp: Path) -> dict[str, Any]:
             await close()
         arrivals = {i: t for i, t in report["arrivals"] if i >= 0}
         ms = [(arrivals[i] - sent[i]) * 1000 for i in range(count - 1) if i in arrivals]
-        return {
-            "messages": len(ms),
-            "p50_ms": percentile(ms, 0.50),
-            "p90_ms": percentile(ms, 0.90),
-            "p99_ms": percentile(ms, 0.99),
-            "max_ms": max(ms),
-        }
+        return {**latency_stats(ms), "samples_ms": ms}
     except Exception as exc:
         log.error("latency %s failed: %s", side, exc)
         return {"error": str(exc)[:500]}
     finally:
         await delete_topology(settings.url, [queue, *peer.extra_queues(queue)])
+
+
+def latency_stats(ms: list[float]) -> dict[str, Any]:
+    return {
+        "messages": len(ms),
+        "p50_ms": percentile(ms, 0.50),
+        "p90_ms": percentile(ms, 0.90),
+        "p99_ms": percentile(ms, 0.99),
+        "max_ms": max(ms),
+    }
+
+
+def pooled_latency(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The percentiles of every round's sends together, and each round's p50 and p99."""
+    ok = [r for r in rounds if "samples_ms" in r]
+    if not ok:
+        return rounds[-1] if rounds else {}
+    pooled = [m for r in ok for m in r["samples_ms"]]
+    return {
+        **latency_stats(pooled),
+        "rounds": len(ok),
+        "round_p50_ms": [round(r["p50_ms"], 3) for r in ok],
+        "round_p99_ms": [round(r["p99_ms"], 3) for r in ok],
+    }
 
 
 # -- memory and start-up ----------------------------------------------------------------------
@@ -1032,9 +1051,15 @@ async def run(settings: Settings) -> Results:
                     results.samples.append(await send_side(settings, benchmark, side, round_))
                     show(results.samples[-1])
         if "latency" in settings.only:
-            for side in ("aqueue", "raw"):
-                results.latency[side] = await latency(settings, side, tmp)
-                print(f"latency {side}: {results.latency[side]}", flush=True)
+            rounds: dict[str, list[dict[str, Any]]] = {"aqueue": [], "raw": []}
+            for round_ in range(1, settings.repeat + 1):
+                for side in ("aqueue", "raw") if round_ % 2 else ("raw", "aqueue"):
+                    sample = await latency(settings, side, tmp)
+                    rounds[side].append(sample)
+                    shown = {k: v for k, v in sample.items() if k != "samples_ms"}
+                    print(f"latency {side} round {round_}: {shown}", flush=True)
+            for side, samples in rounds.items():
+                results.latency[side] = pooled_latency(samples)
         if "memory" in settings.only:
             results.memory = await memory(settings, tmp)
             print(f"memory: {results.memory}", flush=True)
@@ -1196,6 +1221,10 @@ def print_report(settings: Settings, results: Results, table: dict[str, Any]) ->
                     f"  {side:<8} p50 {e['p50_ms']:.3f}  p90 {e['p90_ms']:.3f}  "
                     f"p99 {e['p99_ms']:.3f}  max {e['max_ms']:.3f}  ({e['messages']} sends)"
                 )
+                if e.get("rounds", 1) > 1:
+                    p50s = ", ".join(f"{v:.3f}" for v in e["round_p50_ms"])
+                    p99s = ", ".join(f"{v:.3f}" for v in e["round_p99_ms"])
+                    print(f"  {'':8} {e['rounds']} rounds: p50 {p50s}; p99 {p99s}")
     rows = goals(results, table)
     print()
     print("Goals")
