@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from click.testing import CliRunner
 
@@ -369,6 +370,39 @@ def test_workers_are_grouped_by_process_from_the_management_api() -> None:
 
 
 # -- history ----------------------------------------------------------------------------------
+
+
+async def test_an_event_published_twice_is_counted_once(
+    app: App, make_dashboard: Callable[..., Dashboard], rabbit: RabbitAdmin
+) -> None:
+    """Events are at least once (a batch whose confirm was lost is sent again)."""
+    from aqueue.middleware.events import Batch, Event
+
+    stream = f"{app.queue}.events"
+    now = time.time()
+    first = Event(outcome="succeeded", actor="charge", queue=app.queue, message_id="m1", at=now)
+    second = Event(outcome="failed", actor="refund", queue=app.queue, message_id="m2", at=now)
+    batch = Batch(host="h", pid=7, at=now, events=[first])
+    again = Batch(host="h", pid=7, at=now + 1, events=[first, second])  # kept, then more
+    try:
+        for body in (batch, again):
+            await app.broker.publish_events(
+                stream, msgspec.json.encode(body), max_age="1h", max_bytes=1_000_000
+            )
+        dashboard = make_dashboard(app.broker, events_stream=stream)
+        async with client_of(dashboard) as client:
+            await client.get("/")
+            await asyncio.wait_for(dashboard.history.loaded.wait(), 10)
+            deadline = time.monotonic() + 10
+            while len(dashboard.history.events) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            history = (await client.get("/api/history")).json()
+        outcomes = sorted((e["message_id"], e["outcome"]) for e in history["events"])
+        assert outcomes == [("m1", "succeeded"), ("m2", "failed")]
+        [process] = dashboard.history.processes()
+        assert process.events == 2
+    finally:
+        await rabbit.delete(stream)
 
 
 async def test_history_from_the_events_stream_survives_a_dashboard_restart(

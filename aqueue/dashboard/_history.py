@@ -77,6 +77,10 @@ class History:
             "history is off (no events stream given)" if stream is None else "not read yet"
         )
         self._processes: dict[tuple[str, int], Process] = {}
+        self._keep = keep
+        # Events are published at least once (a batch whose confirm was lost is sent again):
+        # the last ``keep`` events read, in order, so that a copy is counted once.
+        self._seen: dict[tuple[str, str, int, float], None] = {}
         self._last_offset = -1
         self._connection: AbstractRobustConnection | None = None
         self.loaded = asyncio.Event()
@@ -148,8 +152,15 @@ class History:
             )
         process.queues = batch.queues or process.queues
         process.last_seen = max(process.last_seen, batch.at)
-        process.events += len(batch.events)
-        self.events.extend(batch.events)
+        for event in batch.events:
+            seen = (event.message_id, event.outcome, event.retries, event.at)
+            if seen in self._seen:
+                continue
+            self._seen[seen] = None
+            if len(self._seen) > self._keep:
+                del self._seen[next(iter(self._seen))]
+            process.events += 1
+            self.events.append(event)
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
