@@ -15,10 +15,15 @@ With ``dramatiq_compat``, queues are declared exactly as Dramatiq 2.x declares t
 a max priority is set), and ``q.XQ`` has Dramatiq's ``x-message-ttl`` of 7 days (read,
 like Dramatiq does, from the ``dramatiq_dead_message_ttl`` environment variable).
 
+A classic work queue whose actors set ``max_priority`` also has ``x-max-priority`` (the
+highest of them); its ``q.XQ`` and the delay levels have none: a delayed message keeps
+its AMQP priority through the levels, which only hold it, in arrival order, for a TTL.
+
 Every queue is durable and none is exclusive or auto-deleted; the only arguments are
-dead-lettering, TTL, ``x-queue-type``, ``x-overflow`` and ``x-delivery-limit``. None of
-``x-queue-mode``, ``x-queue-version`` or ``x-consumer-timeout``, so RabbitMQ 4.3
-accepts all of them (``brokers.rabbitmq.server.refused_by_rabbitmq_4_3``).
+dead-lettering, TTL, ``x-queue-type``, ``x-overflow``, ``x-delivery-limit`` and
+``x-max-priority``. None of ``x-queue-mode``, ``x-queue-version`` or
+``x-consumer-timeout``, so RabbitMQ 4.3 accepts all of them
+(``brokers.rabbitmq.server.refused_by_rabbitmq_4_3``).
 """
 
 from __future__ import annotations
@@ -109,12 +114,19 @@ _AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reje
 
 
 def queue_arguments(
-    queue_name: str, queue_type: QueueType = "classic", *, delivery_limit: int | None = None
+    queue_name: str,
+    queue_type: QueueType = "classic",
+    *,
+    delivery_limit: int | None = None,
+    max_priority: int | None = None,
 ) -> dict[str, Any]:
     """Declaration arguments of a work queue: broker-side dead-lettering to ``q.XQ``.
 
     A quorum queue also gets at-least-once dead-lettering and, if given, a delivery
-    limit (RabbitMQ dead-letters a message delivered more often than that).
+    limit (RabbitMQ dead-letters a message delivered more often than that). A classic
+    queue with a ``max_priority`` is a priority queue (``x-max-priority``); quorum queues
+    take no such argument (RabbitMQ 4.0 and later prioritise their messages natively,
+    3.x refuses it).
     """
     arguments: dict[str, Any] = {
         "x-dead-letter-exchange": "",
@@ -124,6 +136,8 @@ def queue_arguments(
         arguments.update({"x-queue-type": "quorum", **_AT_LEAST_ONCE})
         if delivery_limit is not None:
             arguments["x-delivery-limit"] = delivery_limit
+    elif max_priority is not None:
+        arguments["x-max-priority"] = max_priority
     return arguments
 
 

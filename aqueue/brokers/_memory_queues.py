@@ -6,13 +6,16 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..broker import DeliveryHandler
 from ..dead_letters import DeadLetter
+from ..middleware.priorities import max_priority_of, priority_of
 
 if TYPE_CHECKING:
+    from ..message import Message
     from .memory import InMemoryBroker
 
 log = logging.getLogger("aqueue.brokers.memory")
@@ -24,12 +27,72 @@ class _Envelope:
     message_id: str | None
     headers: dict[str, str] = field(default_factory=dict)
     redelivered: bool = False
+    #: Its priority in its queue (0 in a queue without priorities).
+    priority: int = 0
+
+
+def queue_priority(broker: InMemoryBroker, message: Message) -> int:
+    """The priority ``message`` has in its queue, as RabbitMQ ranks it: none (0) in a queue
+    whose actors set no ``max_priority``, and at most the queue's maximum."""
+    priority = priority_of(broker, message)
+    if not priority:
+        return 0
+    maximum = max_priority_of(broker, message.queue_name)
+    return 0 if maximum is None else min(priority, maximum)
+
+
+class _Ready:
+    """A queue's ready messages: higher priority first, FIFO within a priority.
+
+    The deque operations the broker uses: ``append`` at the end of the message's
+    priority, ``appendleft`` at its front (a requeued delivery), ``popleft`` the next one.
+    """
+
+    __slots__ = ("_levels",)
+
+    def __init__(self) -> None:
+        self._levels: dict[int, collections.deque[_Envelope]] = {}
+
+    def _level(self, envelope: _Envelope) -> collections.deque[_Envelope]:
+        level = self._levels.get(envelope.priority)
+        if level is None:
+            level = self._levels[envelope.priority] = collections.deque()
+            self._levels = dict(sorted(self._levels.items(), reverse=True))
+        return level
+
+    def append(self, envelope: _Envelope) -> None:
+        self._level(envelope).append(envelope)
+
+    def appendleft(self, envelope: _Envelope) -> None:
+        self._level(envelope).appendleft(envelope)
+
+    def popleft(self) -> _Envelope:
+        for level in self._levels.values():
+            if level:
+                return level.popleft()
+        raise IndexError("pop from an empty queue")
+
+    def clear(self) -> None:
+        self._levels.clear()
+
+    def __iter__(self) -> Iterator[_Envelope]:
+        for level in self._levels.values():
+            yield from level
+
+    def __len__(self) -> int:
+        return sum(len(level) for level in self._levels.values())
+
+    def __bool__(self) -> bool:
+        return any(self._levels.values())
+
+    def __getitem__(self, index: int) -> _Envelope:
+        return list(self)[index]
 
 
 class _Queue:
     def __init__(self, name: str) -> None:
         self.name = name
-        self.ready: collections.deque[_Envelope] = collections.deque()
+        self.ready = _Ready()
         self.dead: list[DeadLetter] = []
         self.consumers: list[_MemoryConsumer] = []
         self.changed = asyncio.Event()

@@ -88,6 +88,14 @@ def describe_clash(clash: Clash, *, dramatiq_compat: bool) -> str:
         f"this broker declares {clash.argument}={received}, and RabbitMQ refuses the "
         "declaration (PRECONDITION_FAILED)"
     )
+    if clash.argument == "x-max-priority" and not dramatiq_compat:
+        return (
+            f"{line}. A queue's x-max-priority is the highest max_priority of its actors and "
+            "cannot change once the queue exists: give its actors the max_priority it was "
+            "declared with (none: no max_priority), or delete the queue (after moving its "
+            "messages) so that it is declared again; if Dramatiq declared it, use "
+            "RabbitmqBroker(dramatiq_compat=True, dramatiq_max_priority=...)"
+        )
     if not dramatiq_compat and dramatiq_adoptable(clash.queue, clash.argument):
         return (
             f"{line}. Dramatiq declares queues so: to share queues with Dramatiq, use "

@@ -10,13 +10,19 @@ and both values (``clashes.py``). With ``dramatiq_compat``, queues are declared 
 declares them (``q.XQ`` with its 7-day TTL, ``q.DQ`` too), so that either may declare
 first; a queue that differs only in what Dramatiq alone sets (``x-max-priority``, the
 ``.XQ`` TTL) is used as it is, with a warning, after checking nothing else differs.
+
+Priorities: a classic work queue gets ``x-max-priority``, the highest ``max_priority`` of
+its actors (``max_priorities``); a quorum queue gets none, and on RabbitMQ before 4.0,
+which has no priorities for quorum queues, declaring one whose actors set
+``max_priority`` raises :class:`~aqueue.BrokerError` naming them. A process in which no
+actor of a queue sets ``max_priority`` uses an existing priority queue as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiormq
@@ -45,6 +51,8 @@ from .server import ServerVersion, default_delivery_limit, format_version
 log = logging.getLogger("aqueue.brokers.rabbitmq")
 
 _DELAYS = "aqueue.delay."  # key prefix in Declarations._done; no queue has such a name
+#: The first RabbitMQ whose quorum queues prioritise messages (two levels, no x-max-priority).
+QUORUM_PRIORITIES_SINCE: ServerVersion = (4, 0, 0)
 #: How many differing arguments a compat broker adopts on one queue before it gives up.
 _MAX_ADOPTIONS = 4
 
@@ -67,8 +75,11 @@ class Declarations:
         server_version: Callable[[], ServerVersion | None] = lambda: None,
         dramatiq_compat: bool = False,
         max_priority: int | None = None,
+        max_priorities: Callable[[str], Mapping[str, int]] = lambda queue_name: {},
     ) -> None:
         self._channel = channel
+        #: The ``max_priority`` of each actor of a queue that sets one, by actor name.
+        self._max_priorities = max_priorities
         self._queue_type_of = queue_type_of
         self._delivery_limit = delivery_limit
         self._timeout = timeout
@@ -148,20 +159,30 @@ class Declarations:
             # Dramatiq's delay queue, consumed on its own: it dead-letters to the work
             # queue's .XQ, as Dramatiq declares it.
             work_queue = queue_name[: -len(DRAMATIQ_DELAY_SUFFIX)]
-            await self._declare(queue_name, dramatiq_queue_arguments(work_queue, self.max_priority))
+            max_priority = self._compat_max_priority(work_queue)
+            await self._declare(queue_name, dramatiq_queue_arguments(work_queue, max_priority))
             return
+        priorities = self._max_priorities(queue_name)
+        if kind == "quorum" and priorities:
+            self._check_quorum_priorities(queue_name, priorities)
         if compat:
-            arguments = dramatiq_queue_arguments(queue_name, self.max_priority)
+            max_priority = self._compat_max_priority(queue_name)
+            arguments = dramatiq_queue_arguments(queue_name, max_priority)
             dead_letter_arguments = dramatiq_dead_letter_arguments()
         else:
-            arguments = queue_arguments(queue_name, kind, delivery_limit=self._delivery_limit)
+            arguments = queue_arguments(
+                queue_name,
+                kind,
+                delivery_limit=self._delivery_limit,
+                max_priority=max(priorities.values(), default=None),
+            )
             dead_letter_arguments = dead_letter_queue_arguments(kind)
         if kind == "quorum" and self._delivery_limit is None:
             self._tell_default_limit(queue_name)
         # One answer at a time, so that a clash (a queue that exists with other arguments)
         # is reported as such.
         await self._declare(dead_letter_queue_name(queue_name), dead_letter_arguments)
-        await self._declare(queue_name, arguments)
+        await self._declare(queue_name, arguments, priorities_known=bool(priorities))
         if compat:
             await self._declare(dramatiq_delay_queue_name(queue_name), arguments)
         channel = await self._open_channel()
@@ -170,8 +191,39 @@ class Declarations:
             queue_name, DELIVERY_EXCHANGE, routing_key=delivery_binding_key(queue_name)
         )
 
-    async def _declare(self, queue_name: str, arguments: dict[str, Any]) -> None:
-        """Declare one durable queue; with ``dramatiq_compat``, adopt what Dramatiq set."""
+    def _compat_max_priority(self, queue_name: str) -> int | None:
+        """``x-max-priority`` of a queue shared with Dramatiq: the highest of Dramatiq's
+        ``max_priority`` and the queue's actors' (so that a Dramatiq broker declaring it
+        with the same ``max_priority`` agrees)."""
+        values = [*self._max_priorities(queue_name).values()]
+        if self.max_priority:
+            values.append(self.max_priority)
+        return max(values, default=None)
+
+    def _check_quorum_priorities(self, queue_name: str, priorities: Mapping[str, int]) -> None:
+        """Refuse priorities on a quorum queue of a RabbitMQ without them (before 4.0)."""
+        version = self._server_version()
+        if version is None or version >= QUORUM_PRIORITIES_SINCE:
+            return  # 4.0+: native priorities, without x-max-priority
+        actors = ", ".join(f"{name!r} (max_priority={n})" for name, n in sorted(priorities.items()))
+        who = f"actor {actors} sets" if len(priorities) == 1 else f"actors {actors} set"
+        raise BrokerError(
+            f"queue {queue_name!r} is a quorum queue, and quorum queues have no message "
+            f"priorities on RabbitMQ {format_version(version)} (they have from "
+            f"{format_version(QUORUM_PRIORITIES_SINCE)}): {who} max_priority. "
+            f"Make the queue classic (queue_types={{{queue_name!r}: 'classic'}}), remove "
+            "max_priority, or upgrade RabbitMQ"
+        )
+
+    async def _declare(
+        self, queue_name: str, arguments: dict[str, Any], *, priorities_known: bool = True
+    ) -> None:
+        """Declare one durable queue; with ``dramatiq_compat``, adopt what Dramatiq set.
+
+        With ``priorities_known`` False (no actor of the queue here sets ``max_priority``:
+        an ops command, a producer that does not import them), a queue that exists as a
+        priority queue is used as it is: its priorities are its actors' business.
+        """
         arguments = dict(arguments)
         for _ in range(_MAX_ADOPTIONS):
             channel = await self._open_channel()
@@ -180,6 +232,20 @@ class Declarations:
                 return
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
                 clash = parse_clash(exc)
+                if (
+                    clash is not None
+                    and not priorities_known
+                    and clash.argument == "x-max-priority"
+                    and clash.received is None
+                ):
+                    log.debug(
+                        "queue %s is a priority queue (x-max-priority=%s); no actor of it here "
+                        "sets max_priority: using it as it is",
+                        queue_name,
+                        clash.current,
+                    )
+                    adopt(arguments, clash)
+                    continue
                 if not (
                     clash is not None
                     and self.dramatiq_compat

@@ -32,8 +32,12 @@ class Publisher:
         message_id: str,
         headers: dict[str, Any] | None = None,
         exchange: str = "",
+        priority: int | None = None,
     ) -> None:
         """Publish ``body`` and wait for the broker's confirm, ``timeout`` seconds at most.
+
+        ``priority`` is the AMQP priority property (a priority queue delivers higher ones
+        first; dead-lettering, through the delay levels too, keeps it).
 
         Raises:
             UnroutableError: no queue is bound for ``routing_key``.
@@ -46,6 +50,7 @@ class Publisher:
             content_type="application/json",
             message_id=message_id,
             headers=headers,
+            priority=priority,
         )
         role = self._connection
         deadline = time.monotonic() + self.timeout
