@@ -25,6 +25,8 @@ The method is in ``docs/performance.md``. In short:
 * **Memory and start-up**: RSS of an idle ``aqueue worker`` with 5 actors; start-up time
   and AMQP connections of one with 100 actors on 100 queues.
 * **Blocking actors**: ``time.sleep(0.1)`` actors with ``--threads`` 8 and 32.
+* **Limits**: aqueue's in-process drain with and without a concurrency limit of twice the
+  worker's concurrency (it never binds), alternating: the cost of the token per message.
 * **Threads**: a pre-filled queue drained by a blocking no-op (``def``) actor with
   ``--drain-threads`` threads: ``aqueue worker``, Dramatiq's CLI, and a raw aio-pika
   consumer that hands each message to a ``ThreadPoolExecutor`` (``run_in_executor``).
@@ -615,16 +617,25 @@ async def drain_process(
         )
 
 
-async def drain_aqueue_inprocess(settings: Settings, round_: int) -> Sample:
-    """aqueue's Worker in this process: clock from ``worker.start()`` to the last message."""
+async def drain_aqueue_inprocess(
+    settings: Settings,
+    round_: int,
+    *,
+    limit: aqueue.Limit | None = None,
+    benchmark: str = "drain-inproc",
+    side: str = "aqueue",
+) -> Sample:
+    """aqueue's Worker in this process: clock from ``worker.start()`` to the last message;
+    with ``limit``, the actor runs under it (its token queue is filled before the clock)."""
     queue = new_queue("aqueue")
+    limited = {} if limit is None else {"limits": [limit]}
     count = settings.messages
     broker = aqueue.RabbitmqBroker(settings.url)
     loop = asyncio.get_running_loop()
     done: asyncio.Future[tuple[float, float]] = loop.create_future()
     calls = 0
 
-    @broker.actor(queue_name=queue, actor_name=ACTOR, concurrency=settings.prefetch)
+    @broker.actor(queue_name=queue, actor_name=ACTOR, concurrency=settings.prefetch, **limited)
     async def bench_noop(i: int) -> None:
         nonlocal calls
         calls += 1
@@ -633,6 +644,8 @@ async def drain_aqueue_inprocess(settings: Settings, round_: int) -> Sample:
 
     try:
         await fill_aqueue(settings, queue, count)
+        if limit is not None:
+            await broker.prepare_tokens(limit.tokens())
         worker = aqueue.Worker(broker, queues=[queue], concurrency=settings.prefetch)
         gc.collect()
         wall, cpu = time.perf_counter(), time.process_time()
@@ -641,13 +654,14 @@ async def drain_aqueue_inprocess(settings: Settings, round_: int) -> Sample:
             end_wall, end_cpu = await asyncio.wait_for(done, max(60.0, count / 200))
         finally:
             await worker.stop()
-        return Sample("drain-inproc", "aqueue", round_, count, end_wall - wall, end_cpu - cpu)
+        return Sample(benchmark, side, round_, count, end_wall - wall, end_cpu - cpu)
     except Exception as exc:
-        log.error("drain-inproc aqueue round %d failed: %s", round_, exc)
-        return Sample("drain-inproc", "aqueue", round_, count, 0, 0, error=str(exc)[:500])
+        log.error("%s %s round %d failed: %s", benchmark, side, round_, exc)
+        return Sample(benchmark, side, round_, count, 0, 0, error=str(exc)[:500])
     finally:
         await broker.close()
-        await delete_topology(settings.url, [queue, f"{queue}.XQ"])
+        tokens = [] if limit is None else [f"aqueue.limit.{t.key}" for t in limit.tokens()]
+        await delete_topology(settings.url, [queue, f"{queue}.XQ", *tokens])
 
 
 async def drain_raw_inprocess(settings: Settings, round_: int) -> Sample:
@@ -1065,6 +1079,23 @@ async def run(settings: Settings) -> Results:
             print(f"memory: {results.memory}", flush=True)
         if "blocking" in settings.only:
             results.blocking = await blocking(settings, tmp)
+        if "limits" in settings.only:
+            # The same in-process drain, with and without a concurrency limit that never
+            # binds (twice the worker's concurrency): the cost of taking and returning tokens.
+            print(f"limits: {settings.messages} messages, a limit that never binds", flush=True)
+            for round_ in range(1, settings.repeat + 1):
+                for limited in (False, True) if round_ % 2 else (True, False):
+                    limit = (
+                        aqueue.Limit(new_queue("limit"), concurrency=2 * settings.prefetch)
+                        if limited
+                        else None
+                    )
+                    side = "aqueue-limit" if limited else "aqueue"
+                    sample = await drain_aqueue_inprocess(
+                        settings, round_, limit=limit, benchmark="limits", side=side
+                    )
+                    results.samples.append(sample)
+                    show(sample)
     return results
 
 
@@ -1254,7 +1285,7 @@ def environment() -> dict[str, str]:
     return env
 
 
-SECTIONS = ["drain", "threads", "send", "latency", "memory", "blocking"]
+SECTIONS = ["drain", "threads", "send", "latency", "memory", "blocking", "limits"]
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:

@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from ..context import MessageContext
 from .base import Middleware
+from .limits import LimitMetrics, Limits
 
 if TYPE_CHECKING:
     from ..broker import Broker
@@ -97,6 +98,9 @@ class Prometheus(Middleware):
       connection, or a cancel by RabbitMQ) and after the worker stopped. Read from the
       worker every ``consuming_interval`` seconds. With several processes, the lowest:
       0 as soon as one process does not consume the queue.
+    * ``limit_waiting``, ``limit_tokens_in_use`` (label ``limit`` only): gauges of the
+      messages waiting for a token of the limit, and of its concurrency tokens held by runs
+      (summed over processes); ``limit_postponed_total``: messages postponed for want of one.
 
     Args:
         registry: Where to register the metrics (default: prometheus-client's global
@@ -190,6 +194,25 @@ class Prometheus(Middleware):
             namespace=namespace,
             registry=registry,
             multiprocess_mode="livemax",
+        )
+        self.limit_waiting = Gauge(
+            "limit_waiting",
+            "Messages waiting for a token of the limit.",
+            ("limit",),
+            namespace=namespace,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.limit_tokens_in_use = Gauge(
+            "limit_tokens_in_use",
+            "Concurrency tokens of the limit held by runs.",
+            ("limit",),
+            namespace=namespace,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.limit_postponed = counter(
+            "limit_postponed", "Messages postponed for want of a token.", ("limit",)
         )
         self._started: dict[int, _Started] = {}
         self._listening: list[Callable[[], None]] = []
@@ -290,6 +313,13 @@ class Prometheus(Middleware):
             ):
                 counter.labels(*labels)
             self.in_progress.labels(*labels)
+        for m in broker.middleware:
+            if isinstance(m, Limits):
+                m.metrics = LimitMetrics(
+                    waiting=lambda name, n: self.limit_waiting.labels(name).inc(n),
+                    in_use=lambda name, n: self.limit_tokens_in_use.labels(name).inc(n),
+                    postponed=lambda name: self.limit_postponed.labels(name).inc(),
+                )
         self.blocked.set(1 if broker.blocked else 0)
         self._listening.append(broker.add_connection_listener(self._on_connection_event))
 

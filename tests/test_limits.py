@@ -1,0 +1,432 @@
+"""Limits shared by every worker: concurrency and rate, held by RabbitMQ's token queues."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+import aqueue
+from aqueue.brokers.rabbitmq.limit_queues import park_queue_name, token_queue_name
+from aqueue.middleware import Limits
+
+from .conftest import RABBITMQ_URL, RabbitAdmin, unique_name
+
+
+def _max_overlap(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def _most_in_a_window(starts: list[float], window: float) -> int:
+    starts = sorted(starts)
+    return max(sum(1 for t in starts[i:] if t < s + window) for i, s in enumerate(starts))
+
+
+async def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def limit_name(rabbit: RabbitAdmin) -> AsyncIterator[str]:
+    """A limit name of this test's own; its token queues are deleted afterwards."""
+    name = unique_name("limit")
+    yield name
+    async with rabbit.connection.channel() as channel:
+        for suffix in ("c1", "c2", "c3", "r4-1000ms", "r3-500ms"):
+            queue = f"aqueue.limit.{name}.{suffix}"
+            await channel.queue_delete(queue)
+            await channel.queue_delete(queue + ".park")
+
+
+# -- the value and the option -------------------------------------------------------------
+
+
+def test_limit_values_are_checked() -> None:
+    assert aqueue.Limit("api", rate="10/s").rate == aqueue.limits.Rate(10, 1.0)
+    assert aqueue.Limit("api", rate="100/m").rate == aqueue.limits.Rate(100, 60.0)
+    assert aqueue.Limit("api", rate="5000/h").rate == aqueue.limits.Rate(5000, 3600.0)
+    assert aqueue.Limit("api", rate=(5, 30)).rate == aqueue.limits.Rate(5, 30.0)
+    assert aqueue.Limit("api", concurrency=2) == aqueue.Limit("api", concurrency=2)
+    assert repr(aqueue.Limit("api", concurrency=2, rate="5/30s")) == (
+        "Limit('api', concurrency=2, rate='5/30s')"
+    )
+    bad: list[tuple[str, dict[str, object], str]] = [
+        ("api", {}, "give concurrency, rate or both"),
+        ("api", {"concurrency": 0}, "positive int"),
+        ("api", {"concurrency": 1.5}, "positive int"),
+        ("api", {"rate": "ten per second"}, "rate must be like"),
+        ("api", {"rate": "0/s"}, "positive int"),
+        ("api", {"rate": "1/0.01s"}, "period"),
+        ("api", {"rate": "1/d"}, "rate must be like"),
+        ("no spaces", {"concurrency": 1}, "name"),
+        ("", {"concurrency": 1}, "name"),
+    ]
+    for name, options, text in bad:
+        with pytest.raises(ValueError, match=text):
+            aqueue.Limit(name, **options)  # type: ignore[arg-type]
+
+
+def test_limits_are_an_actor_option_of_limit_values() -> None:
+    broker = aqueue.InMemoryBroker()
+    with pytest.raises(aqueue.ActorDefinitionError, match=r"list of aqueue\.Limit"):
+        broker.actor(limits=["api"])(lambda: None)
+    with pytest.raises(aqueue.ActorDefinitionError, match="named twice"):
+        broker.actor(limits=[aqueue.Limit("a", concurrency=1), aqueue.Limit("a", rate="1/s")])(
+            lambda: None
+        )
+    limited = broker.actor(actor_name="limited", limits=aqueue.Limit("a", concurrency=1))(
+        lambda: None
+    )
+    assert limited.options["limits"] == (aqueue.Limit("a", concurrency=1),)
+    with pytest.raises(aqueue.ValidationError, match="only be set on the actor"):
+        broker.normalize_options(
+            {"limits": [aqueue.Limit("b", concurrency=9)]}, owner="m", for_message=True
+        )
+
+
+# -- one process, both brokers ------------------------------------------------------------
+
+
+async def test_concurrency_and_rate_hold_in_one_worker(
+    broker: aqueue.Broker, queue_name: str, limit_name: str
+) -> None:
+    spans: list[tuple[float, float]] = []
+    starts: list[float] = []
+
+    @broker.actor(queue_name=queue_name, limits=[aqueue.Limit(limit_name, concurrency=2)])
+    async def bounded(n: int) -> None:
+        started = time.monotonic()
+        await asyncio.sleep(0.15)
+        spans.append((started, time.monotonic()))
+
+    @broker.actor(queue_name=queue_name, limits=[aqueue.Limit(limit_name, rate=(3, 0.5))])
+    async def paced(n: int) -> None:
+        starts.append(time.monotonic())
+
+    await bounded.send_many([(i,) for i in range(6)])
+    await paced.send_many([(i,) for i in range(7)])
+    async with aqueue.Worker(broker, queues=[queue_name]):
+        await _wait_until(lambda: len(spans) == 6 and len(starts) == 7, 20, "the runs")
+    assert _max_overlap(spans) == 2
+    assert _most_in_a_window(starts, 0.5) == 3
+
+
+async def test_200_messages_waiting_on_a_limit_of_1_do_not_stop_other_actors(
+    broker: aqueue.Broker, queue_name: str, limit_name: str
+) -> None:
+    ran: list[int] = []
+    other_ran = asyncio.Event()
+
+    @broker.actor(queue_name=queue_name, limits=[aqueue.Limit(limit_name, concurrency=1)])
+    async def one_at_a_time(n: int) -> None:
+        await asyncio.sleep(0.1)
+        ran.append(n)
+
+    @broker.actor(queue_name=queue_name)
+    async def other() -> None:
+        other_ran.set()
+
+    await one_at_a_time.send_many([(i,) for i in range(200)])
+    await other.send()
+    started = time.monotonic()
+    async with aqueue.Worker(broker, queues=[queue_name], concurrency=10):
+        await asyncio.wait_for(other_ran.wait(), 10)
+        took = time.monotonic() - started
+    assert took < 5, f"the other actor waited {took:.1f} s behind the limited messages"
+    assert len(ran) <= took / 0.1 + 2  # the limit held meanwhile (a run takes 0.1 s)
+
+
+# -- RabbitMQ: several processes ----------------------------------------------------------
+
+WORKER_MODULE = """
+import asyncio
+import os
+import pathlib
+import time
+
+import aqueue
+
+QUEUE = os.environ["LIMIT_QUEUE"]
+NAME = os.environ["LIMIT_NAME"]
+OUT = os.environ["LIMIT_OUT"]
+broker = aqueue.RabbitmqBroker()
+
+
+def record(*fields: object) -> None:
+    with open(OUT, "a") as f:
+        f.write(" ".join(str(x) for x in (*fields, os.getpid())) + "\\n")
+
+
+@broker.actor(queue_name=QUEUE, limits=[aqueue.Limit(NAME, concurrency=2)])
+async def bounded(n: int) -> None:
+    started = time.time()
+    await asyncio.sleep(0.3)
+    record("bounded", started, time.time())
+
+
+@broker.actor(queue_name=QUEUE, limits=[aqueue.Limit(NAME + "-rate", rate="4/s")])
+async def paced(n: int) -> None:
+    record("paced", time.time())
+
+
+@broker.actor(queue_name=QUEUE, limits=[aqueue.Limit(NAME + "-hog", concurrency=1)])
+async def hog(seconds: float) -> None:
+    flag = pathlib.Path(OUT + ".hogged")
+    if flag.exists():
+        seconds = 0  # the copy redelivered after the kill: quick this time
+    flag.touch()
+    record("hog", time.time())
+    await asyncio.sleep(seconds)
+"""
+
+
+def _records(out: Path, kind: str) -> list[list[str]]:
+    lines = out.read_text().splitlines() if out.exists() else []
+    return [line.split()[1:] for line in lines if line.startswith(kind + " ")]
+
+
+async def test_limits_hold_across_two_worker_processes_and_a_killed_worker_leaks_nothing(
+    tmp_path: Path, queue_name: str, limit_name: str, rabbit: RabbitAdmin
+) -> None:
+    (tmp_path / "limited.py").write_text(textwrap.dedent(WORKER_MODULE))
+    out = tmp_path / "out.txt"
+    env = {
+        **os.environ,
+        "AQUEUE_BROKER_URL": RABBITMQ_URL,
+        "LIMIT_QUEUE": queue_name,
+        "LIMIT_NAME": limit_name,
+        "LIMIT_OUT": str(out),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [sys.executable, "-m", "aqueue", "worker", "limited", "--log-level", "warning"]
+    workers = [
+        await asyncio.create_subprocess_exec(
+            *command, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL
+        )
+        for _ in range(2)
+    ]
+    broker = aqueue.RabbitmqBroker(RABBITMQ_URL)
+
+    async def placeholder(*args: object) -> None: ...
+
+    bounded, paced, hog = (
+        broker.actor(actor_name=name, queue_name=queue_name)(placeholder)
+        for name in ("bounded", "paced", "hog")
+    )
+    try:
+        await bounded.send_many([(i,) for i in range(12)])
+        await paced.send_many([(i,) for i in range(12)])
+        await _wait_until(
+            lambda: len(_records(out, "bounded")) == 12 and len(_records(out, "paced")) == 12,
+            60,
+            "the limited runs",
+        )
+        spans = [(float(r[0]), float(r[1])) for r in _records(out, "bounded")]
+        assert _max_overlap(spans) == 2
+        assert len({r[2] for r in _records(out, "bounded")}) == 2  # both processes ran some
+        starts = [float(r[0]) for r in _records(out, "paced")]
+        assert _most_in_a_window(starts, 1.0) <= 4
+        assert len({r[1] for r in _records(out, "paced")}) == 2
+
+        # A worker killed while it holds the hog's only token: the token comes back.
+        await hog.send(3600.0)
+        await _wait_until(lambda: len(_records(out, "hog")) == 1, 20, "the hog to start")
+        victim_pid = int(_records(out, "hog")[0][1])
+        victim = next(w for w in workers if w.pid == victim_pid)
+        victim.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(victim.wait(), 10)
+        killed_at = time.time()
+        await hog.send(0.0)
+        await _wait_until(lambda: len(_records(out, "hog")) >= 2, 20, "the limit to recover")
+        recovered_in = float(_records(out, "hog")[1][0]) - killed_at
+        print(f"the limit recovered {recovered_in:.3f} s after the kill")
+        assert recovered_in < 10
+    finally:
+        await broker.close()
+        for worker in workers:
+            if worker.returncode is None:
+                worker.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(worker.wait(), 30)
+        async with rabbit.connection.channel() as channel:
+            for suffix in ("-rate.r4-1000ms", ".c2", "-hog.c1"):
+                await channel.queue_delete(f"aqueue.limit.{limit_name}{suffix}")
+            await channel.queue_delete(f"aqueue.limit.{limit_name}-rate.r4-1000ms.park")
+
+
+async def test_a_token_queue_is_filled_once_by_processes_that_start_together(
+    limit_name: str, rabbit: RabbitAdmin
+) -> None:
+    limit = aqueue.Limit(limit_name, concurrency=3)
+    brokers = [aqueue.RabbitmqBroker(RABBITMQ_URL) for _ in range(4)]
+    try:
+        await asyncio.gather(*(b.prepare_tokens(limit.tokens()) for b in brokers))
+        [tokens] = limit.tokens()
+        assert await rabbit.count(token_queue_name(tokens)) == 3
+        # Held tokens are not ready; none is added while they are held.
+        holds = [await brokers[0].take_token(tokens, wait=0) for _ in range(3)]
+        assert all(h is not None for h in holds)
+        assert await brokers[1].take_token(tokens, wait=0.2) is None
+        await brokers[2].prepare_tokens(limit.tokens())
+        assert await rabbit.count(token_queue_name(tokens)) == 0
+        for hold in holds:
+            assert hold is not None
+            await hold.release()
+        await _wait_for_count(rabbit, token_queue_name(tokens), 3)
+    finally:
+        for b in brokers:
+            await b.close()
+
+
+async def test_a_deleted_token_queue_is_declared_and_filled_again(
+    limit_name: str, rabbit: RabbitAdmin
+) -> None:
+    limit = aqueue.Limit(limit_name, rate="4/s")
+    [tokens] = limit.tokens()
+    broker = aqueue.RabbitmqBroker(RABBITMQ_URL)
+    try:
+        assert await broker.take_token(tokens, wait=0) is not None
+        assert await rabbit.count(park_queue_name(tokens)) == 1
+        await rabbit.delete(token_queue_name(tokens))
+        hold = await broker.take_token(tokens, wait=2)
+        assert hold is not None
+        await hold.release()
+    finally:
+        await broker.close()
+
+
+async def _wait_for_count(rabbit: RabbitAdmin, queue: str, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while await rabbit.count(queue) != count:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+
+
+def test_limits_middleware_options_are_checked() -> None:
+    for options, text in [
+        ({"wait": -1}, "wait"),
+        ({"max_waiting": -1}, "max_waiting"),
+        ({"min_backoff": 0}, "min_backoff"),
+        ({"min_backoff": 5, "max_backoff": 1}, "max_backoff"),
+    ]:
+        with pytest.raises(ValueError, match=text):
+            Limits(**options)
+
+
+async def test_prometheus_counts_tokens_in_use_waiting_and_postponed_messages(
+    queue_name: str, limit_name: str
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from aqueue.middleware.prometheus import Prometheus
+
+    registry = CollectorRegistry()
+    broker = aqueue.InMemoryBroker(
+        middleware=[Limits(wait=0.05, min_backoff=0.05), Prometheus(registry=registry)]
+    )
+    release = asyncio.Event()
+
+    @broker.actor(queue_name=queue_name, limits=[aqueue.Limit(limit_name, concurrency=1)])
+    async def exclusive(n: int) -> None:
+        await release.wait()
+
+    def sample(name: str) -> float:
+        return registry.get_sample_value(f"aqueue_{name}", {"limit": limit_name}) or 0.0
+
+    await exclusive.send_many([(1,), (2,)])
+    async with aqueue.Worker(broker, queues=[queue_name]):
+        await _wait_until(lambda: sample("limit_postponed_total") >= 1, 5, "a postponement")
+        assert sample("limit_tokens_in_use") == 1
+        release.set()
+        await broker.join(queue_name, timeout=10)
+    assert sample("limit_tokens_in_use") == 0
+    assert sample("limit_waiting") == 0
+
+
+async def test_the_limits_example_runs_two_at_a_time(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    rabbit: RabbitAdmin,
+) -> None:
+    from .test_docs import Examples
+
+    examples = Examples(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "shared_limits", raising=False)
+    try:
+        example = examples.load("shared_limits")
+        await example.main()
+        assert capsys.readouterr().out.splitlines()[-1] == "7 calls, at most 2 at once"
+    finally:
+        sys.modules.pop("shared_limits", None)
+        queue = examples.q("payments")
+        await rabbit.delete(queue, queue + ".XQ")
+        await rabbit.delete("aqueue.limit.payments-api.c2")
+        await rabbit.delete("aqueue.limit.payments-api.r10-1000ms")
+        await rabbit.delete("aqueue.limit.payments-api.r10-1000ms.park")
+
+
+def test_an_in_memory_broker_applies_its_limits_in_each_new_event_loop() -> None:
+    # A module-level broker in users' tests meets a new event loop in every test.
+    broker = aqueue.InMemoryBroker()
+    [tokens] = aqueue.Limit("in-memory", concurrency=1).tokens()
+
+    async def take_twice() -> tuple[bool, bool]:
+        first = await broker.take_token(tokens, wait=0)
+        second = await broker.take_token(tokens, wait=0.05)
+        return first is not None, second is not None
+
+    assert asyncio.run(take_twice()) == (True, False)
+    assert asyncio.run(take_twice()) == (True, False)
+
+
+async def test_a_lost_connection_returns_its_tokens_and_the_run_goes_on(
+    rabbit: RabbitAdmin, queue_name: str, limit_name: str
+) -> None:
+    from ._proxy import FaultProxy
+
+    proxy = await FaultProxy("127.0.0.1", 5672).start()
+    broker = aqueue.RabbitmqBroker(proxy.url(), reconnect_interval=0.2)
+    limit = aqueue.Limit(limit_name, concurrency=1)
+    token_queue = token_queue_name(limit.tokens()[0])
+    go_on = asyncio.Event()
+    runs: list[int] = []
+
+    @broker.actor(queue_name=queue_name, limits=[limit])
+    async def exclusive(n: int) -> None:
+        runs.append(n)
+        if n == 1:
+            await go_on.wait()
+
+    try:
+        await exclusive.send(1)
+        async with aqueue.Worker(broker, queues=[queue_name]):
+            await _wait_until(lambda: runs == [1], 10, "the first run")
+            assert await rabbit.count(token_queue) == 0  # held by the run
+            proxy.reset()  # the worker's connections drop
+            await _wait_for_count(rabbit, token_queue, 1)  # RabbitMQ took the token back
+            go_on.set()  # the run goes on, and ends; its copy is not run again
+            await exclusive.send(2)
+            await _wait_until(lambda: runs == [1, 2], 15, "a run after the reconnect")
+            await broker.join(queue_name, timeout=15)
+        await _wait_for_count(rabbit, token_queue, 1)  # one token still, not two
+        assert runs == [1, 2]
+    finally:
+        await broker.close()
+        await proxy.close()
