@@ -17,6 +17,9 @@ from .errors import ActorDefinitionError, ValidationError
 
 _EMPTY = inspect.Parameter.empty
 
+#: Stands for the argument a pipeline step receives from the step before (not known yet).
+_PIPED = object()
+
 
 class _Param(typing.NamedTuple):
     name: str
@@ -86,9 +89,13 @@ class ArgumentSpec:
                         " datetime, UUID, Decimal, enums, msgspec.Struct or dataclasses"
                     ) from None
 
-    def check(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-        """Raise :class:`ValidationError` unless the arguments fit the signature and hints."""
-        self._bind(args, kwargs)
+    def check(self, args: Sequence[Any], kwargs: Mapping[str, Any], *, piped: bool = False) -> None:
+        """Raise :class:`ValidationError` unless the arguments fit the signature and hints.
+
+        ``piped``: one more positional argument, of any value, follows ``args`` (the result
+        a pipeline step receives from the step before).
+        """
+        self._bind((*args, _PIPED) if piped else args, kwargs)
 
     def decode(
         self, args: Sequence[Any], kwargs: Mapping[str, Any]
@@ -141,7 +148,7 @@ class ArgumentSpec:
         return tuple(out_args), out_kwargs
 
     def _convert(self, name: str, value: Any, typ: Any) -> Any:
-        if typ is None or typ is _EMPTY:
+        if typ is None or typ is _EMPTY or value is _PIPED:
             return value
         try:
             return msgspec.convert(value, typ)

@@ -94,7 +94,12 @@ class Actor(Generic[P, R]):
         return f"Actor({self.actor_name!r}, queue_name={self.queue_name!r})"
 
     def message(self, *args: P.args, **kwargs: P.kwargs) -> Message:
-        """Build a message for this actor without sending it; arguments are validated."""
+        """Build a message for this actor without sending it; arguments are validated.
+
+        A message meant as a later step of :func:`aqueue.pipeline` may leave out its last
+        positional argument, which the step before fills with its result (the pipeline
+        checks each step exactly when it is built; ``send()`` wants every argument).
+        """
         return self.message_with_options(args=args, kwargs=kwargs)
 
     def message_with_options(
@@ -104,13 +109,28 @@ class Actor(Generic[P, R]):
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> Message:
-        """Build a message with per-message options; arguments and options are validated."""
+        """Build a message with per-message options; arguments and options are validated
+        (as for :meth:`message`, the last positional argument may be left to a pipeline)."""
+        return self._message(args, kwargs, options, pipeable=True)
+
+    def _message(
+        self,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any] | None,
+        options: dict[str, Any],
+        *,
+        pipeable: bool = False,
+    ) -> Message:
         kwargs = {} if kwargs is None else kwargs
         if not isinstance(args, (tuple, list)):
             raise ValidationError(f"{self.actor_name}(): args must be a tuple or list")
         if not isinstance(kwargs, dict):
             raise ValidationError(f"{self.actor_name}(): kwargs must be a dict")
-        self.arguments.check(args, kwargs)
+        try:
+            self.arguments.check(args, kwargs)
+        except ValidationError:
+            if not pipeable or not self._fits_piped(args, kwargs):
+                raise
         if options:
             options = self.broker.normalize_options(
                 options, owner=f"message for actor {self.actor_name!r}", for_message=True
@@ -123,6 +143,13 @@ class Actor(Generic[P, R]):
             options=options,
         )
 
+    def _fits_piped(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> bool:
+        try:
+            self.arguments.check(args, kwargs, piped=True)
+        except ValidationError:
+            return False
+        return True
+
     async def send(self, *args: P.args, **kwargs: P.kwargs) -> Message:
         """Enqueue a call of this actor; returns once the broker confirmed the message.
 
@@ -132,7 +159,7 @@ class Actor(Generic[P, R]):
             BrokerConnectionError: the broker could not be reached in time.
             PublishError: the broker refused or could not route the message.
         """
-        return await self.broker.enqueue(self.message_with_options(args=args, kwargs=kwargs))
+        return await self.broker.enqueue(self._message(args, kwargs, {}))
 
     # The arguments are checked when the message is built, not by the type checker: it
     # allows no keyword (``timeout``) beside a ParamSpec's ``*args``.
@@ -195,7 +222,7 @@ class Actor(Generic[P, R]):
                 "stack (aqueue.middleware.Replies, part of the default one)"
             )
         timeout = _positive_seconds(timeout)
-        message = self.message_with_options(args=args, kwargs=kwargs, **options)
+        message = self._message(args, kwargs, options)
         body = await self.broker.request(message, timeout=timeout)
         try:
             return read_reply(body, self.actor_name, self._decoder())
@@ -232,7 +259,7 @@ class Actor(Generic[P, R]):
             **options: Middleware options for this message only (``max_retries``,
                 ``time_limit``, ...).
         """
-        message = self.message_with_options(args=args, kwargs=kwargs, **options)
+        message = self._message(args, kwargs, options)
         return await self.broker.enqueue(message, delay=_delay_of(delay, eta))
 
     async def send_many(
@@ -259,9 +286,9 @@ class Actor(Generic[P, R]):
             **options: As for :meth:`send_with_options`, for every call.
         """
         messages = [
-            self.message_with_options(kwargs=call, **options)
+            self._message((), call, options)
             if isinstance(call, dict)
-            else self.message_with_options(args=call, **options)
+            else self._message(call, None, options)
             for call in calls
         ]
         return await self.broker.enqueue_many(messages, delay=_delay_of(delay, eta))

@@ -195,7 +195,7 @@ def make_schedule(
     except ValueError as exc:
         raise ValueError(f"schedule {name!r}: {exc}") from None
     # Validated now: a mistake shows at import time, not at the first tick.
-    actor.message_with_options(args=args, kwargs=kwargs)
+    actor._message(args, kwargs, {})  # every argument: no pipeline fills a schedule's last one
     scheduled = Schedule(
         name=name,
         actor=actor,
