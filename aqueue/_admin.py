@@ -31,11 +31,14 @@ from ._loading import LoadError
 from .actor import Actor
 from .broker import Broker
 from .brokers.rabbitmq import RabbitmqBroker
+from .brokers.rabbitmq.clash_probe import probe_declarations
+from .brokers.rabbitmq.clashes import describe_clash
+from .brokers.rabbitmq.dramatiq_compat import dramatiq_compat_of
 from .brokers.rabbitmq.management import ManagementApi, ManagementUnavailable
 from .dead_letters import DeadLetter
 from .errors import ValidationError
 from .message import Message
-from .topology import DELIVERY_EXCHANGE, dead_letter_queue_name
+from .topology import DELIVERY_EXCHANGE, dead_letter_queue_name, dramatiq_delay_queue_name
 
 __all__ = [
     "AdminError",
@@ -77,6 +80,8 @@ class QueueRow:
 
     ``unacknowledged`` is asked of the management API only when ``unacked_asked``; it is
     None with the reason in ``unacknowledged_unavailable`` when the API cannot tell.
+    ``dramatiq_delayed`` counts Dramatiq's delayed messages in ``<queue>.DQ``, only when
+    ``dramatiq_asked``.
     """
 
     queue: str
@@ -87,6 +92,8 @@ class QueueRow:
     unacked_asked: bool = False
     unacknowledged: int | None = None
     unacknowledged_unavailable: str | None = None
+    dramatiq_asked: bool = False
+    dramatiq_delayed: int | None = None
 
     def asdict(self) -> dict[str, Any]:
         row: dict[str, Any] = {"queue": self.queue, "exists": self.ready is not None}
@@ -98,6 +105,9 @@ class QueueRow:
         row["dead_letters"] = self.dead_letters
         if self.unacked_asked:
             row["unacknowledged_unavailable"] = self.unacknowledged_unavailable
+        if self.dramatiq_asked:
+            row["dramatiq_delay_queue"] = dramatiq_delay_queue_name(self.queue)
+            row["dramatiq_delayed"] = self.dramatiq_delayed
         return row
 
 
@@ -125,15 +135,24 @@ def management_api(broker: Broker, url: str | None = None) -> ManagementApi | st
 
 
 async def queue_rows(
-    broker: Broker, names: Sequence[str], *, management: ManagementApi | str | None = None
+    broker: Broker,
+    names: Sequence[str],
+    *,
+    management: ManagementApi | str | None = None,
+    dramatiq: bool | None = None,
 ) -> list[QueueRow]:
     """Ready and consumer counts of each queue and its dead-letter queue (passive declares)
-    and, given a ``management`` API (or the reason there is none), unacknowledged counts."""
+    and, given a ``management`` API (or the reason there is none), unacknowledged counts;
+    with ``dramatiq`` (default: whether the broker has ``dramatiq_compat``), the ready
+    messages of ``<queue>.DQ``."""
+    if dramatiq is None:
+        dramatiq = dramatiq_compat_of(broker)
     rows = []
     for name in names:
         info = await broker.queue_info(name)
         dlq = dead_letter_queue_name(name)
         dead = await broker.queue_info(dlq)
+        delayed = await broker.queue_info(dramatiq_delay_queue_name(name)) if dramatiq else None
         unacked: int | None = None
         unavailable: str | None = None
         if info is not None and isinstance(management, ManagementApi):
@@ -150,6 +169,8 @@ async def queue_rows(
                 unacked_asked=management is not None,
                 unacknowledged=unacked,
                 unacknowledged_unavailable=unavailable,
+                dramatiq_asked=dramatiq,
+                dramatiq_delayed=None if delayed is None else delayed.ready,
             )
         )
     return rows
@@ -262,11 +283,17 @@ async def send(
 
 async def check(
     broker: Broker, queues: Sequence[str], *, timeout: float, consumers: bool = True
-) -> None:
+) -> list[str]:
     """Raise AdminError unless the broker answers within ``timeout`` seconds, every
     queue (the broker's actors' and ``queues``), its dead-letter queue and the delivery
-    exchange exist and, with ``consumers``, every queue has a consumer (a worker)."""
+    exchange exist and, with ``consumers``, every queue has a consumer (a worker).
+
+    On RabbitMQ, also unless each queue's declaration as the broker makes it would be
+    refused (found without declaring anything: ``clash_probe.py``) and, with
+    ``dramatiq_compat``, unless ``<queue>.DQ`` is missing or (with ``consumers``) not
+    consumed. Returns notes to show: ``.DQ`` backlogs, queues used as they are."""
     names = list(dict.fromkeys([*sorted(broker.queue_names), *queues]))
+    notes: list[str] = []
     try:
         with anyio.fail_after(timeout):
             await broker.connect()
@@ -279,6 +306,10 @@ async def check(
                     raise AdminError(f"queue {dead_letter_queue_name(name)!r} does not exist")
                 if info.consumers == 0:
                     idle.append(name)
+                if isinstance(broker, RabbitmqBroker):
+                    notes += await _check_declarations(broker, name)
+                if dramatiq_compat_of(broker):
+                    idle += await _check_dramatiq_delays(broker, name, notes)
             if names and isinstance(broker, RabbitmqBroker):
                 await _check_exchange(broker, DELIVERY_EXCHANGE)
     except TimeoutError:
@@ -289,6 +320,39 @@ async def check(
             f"no worker consumes queue{'s' if len(idle) > 1 else ''} {listed} "
             "(0 consumers; --no-consumers checks the topology only)"
         )
+    return notes
+
+
+async def _check_declarations(broker: RabbitmqBroker, name: str) -> list[str]:
+    """AdminError if RabbitMQ would refuse a declaration of ``name`` (or of its
+    companions); notes for the differences a compat broker accepts."""
+    compat = dramatiq_compat_of(broker)
+    notes = []
+    for probe in await probe_declarations(broker, name):
+        if probe.clash is not None:
+            raise AdminError(describe_clash(probe.clash, dramatiq_compat=compat))
+        notes += [
+            f"queue {clash.queue!r} has {clash.argument}={clash.current or 'none'} "
+            f"where this broker declares {clash.received or 'none'}: used as it is "
+            "(dramatiq_compat)"
+            for clash in probe.adopted
+        ]
+    return notes
+
+
+async def _check_dramatiq_delays(broker: Broker, name: str, notes: list[str]) -> list[str]:
+    """AdminError if ``<name>.DQ`` is missing; its name if nothing consumes it; a note of
+    its backlog."""
+    delay_queue = dramatiq_delay_queue_name(name)
+    info = await broker.queue_info(delay_queue)
+    if info is None:
+        raise AdminError(f"queue {delay_queue!r} does not exist")
+    if info.ready:
+        notes.append(
+            f"queue {delay_queue!r}: {info.ready} Dramatiq delayed message"
+            f"{'s' if info.ready != 1 else ''} to move (a compat worker moves them)"
+        )
+    return [delay_queue] if info.consumers == 0 else []
 
 
 async def _check_exchange(broker: RabbitmqBroker, name: str) -> None:

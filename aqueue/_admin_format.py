@@ -107,9 +107,18 @@ def _one_line(text: str | None, width: int) -> str:
 
 
 def queues_table(rows: Sequence[QueueRow]) -> str:
-    """The queues, with an UNACKED column when the unacknowledged counts were asked for."""
+    """The queues, with an UNACKED column when the unacknowledged counts were asked for,
+    and a DRAMATIQ .DQ column (Dramatiq's delayed messages) when those were."""
     unacked = any(row.unacked_asked for row in rows)
-    header = ("QUEUE", "READY", *(("UNACKED",) if unacked else ()), "CONSUMERS", "DEAD LETTERS")
+    dramatiq = any(row.dramatiq_asked for row in rows)
+    header = (
+        "QUEUE",
+        "READY",
+        *(("UNACKED",) if unacked else ()),
+        "CONSUMERS",
+        "DEAD LETTERS",
+        *(("DRAMATIQ .DQ",) if dramatiq else ()),
+    )
     return format_table(
         header,
         [
@@ -119,6 +128,7 @@ def queues_table(rows: Sequence[QueueRow]) -> str:
                 *((row.unacknowledged,) if unacked else ()),
                 row.consumers,
                 row.dead_letters,
+                *((row.dramatiq_delayed,) if dramatiq else ()),
             )
             for row in rows
         ],

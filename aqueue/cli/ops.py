@@ -13,12 +13,28 @@ import click
 from .. import _admin, _admin_format
 from .._admin import AdminError
 from .._loading import LoadError
+from ..broker import Broker
 from ..brokers.rabbitmq import RabbitmqBroker
+from ..brokers.rabbitmq.dramatiq_compat import dramatiq_compat_of, enable_dramatiq_compat
 from ..brokers.rabbitmq.management import MANAGEMENT_URL_ENVIRONMENT_VARIABLE
 from ._common import DURATION, EXIT_USAGE_ERROR, fail
 from ._operator import broker_option, echo_json, json_option, operate, operator_broker
 
 __all__ = ["check", "queues", "send"]
+
+dramatiq_option = click.option(
+    "--dramatiq",
+    is_flag=True,
+    help="Take the broker as one with dramatiq_compat=True (the default for such a broker): "
+    "queues shared with Dramatiq, which keeps its delayed messages in QUEUE.DQ.",
+)
+
+
+def _compat(broker: Broker, dramatiq: bool) -> bool:
+    """Whether to treat ``broker`` as a Dramatiq compat broker (made one if asked)."""
+    if dramatiq and isinstance(broker, RabbitmqBroker) and not dramatiq_compat_of(broker):
+        enable_dramatiq_compat(broker)  # only this command's process sees the change
+    return dramatiq_compat_of(broker)
 
 
 @click.command()
@@ -38,12 +54,14 @@ __all__ = ["check", "queues", "send"]
     "of the broker URL unless given); default: port 15672 (15671 for amqps) of each broker "
     f"host. Env: {MANAGEMENT_URL_ENVIRONMENT_VARIABLE}.",
 )
+@dramatiq_option
 def queues(
     queue_names: tuple[str, ...],
     broker_spec: str | None,
     as_json: bool,
     unacked: bool,
     management_url: str | None,
+    dramatiq: bool,
 ) -> None:
     """Ready messages, consumers and dead letters of each QUEUE.
 
@@ -51,9 +69,11 @@ def queues(
     from passive declares: no management plugin needed. A queue that does not
     exist is shown as missing. With --unacked, also the messages delivered and not
     acknowledged yet, which only the management plugin's HTTP API counts: null (and
-    the reason) when it cannot be asked.
+    the reason) when it cannot be asked. For a broker with dramatiq_compat=True (or
+    with --dramatiq), also Dramatiq's delayed messages waiting in QUEUE.DQ.
     """
     broker = operator_broker(broker_spec)
+    dramatiq = _compat(broker, dramatiq)
     try:
         names = _admin.queue_names_of(broker, queue_names)
         management = _admin.management_api(broker, management_url) if unacked else None
@@ -62,7 +82,7 @@ def queues(
 
     async def work() -> list[_admin.QueueRow]:
         try:
-            return await _admin.queue_rows(broker, names, management=management)
+            return await _admin.queue_rows(broker, names, management=management, dramatiq=dramatiq)
         finally:
             await broker.close()
 
@@ -133,24 +153,34 @@ def send(
     show_default=True,
     help="Fail when a queue has no consumer (no worker consumes it).",
 )
+@dramatiq_option
 def check(
-    queue_names: tuple[str, ...], broker_spec: str | None, timeout: float, consumers: bool
+    queue_names: tuple[str, ...],
+    broker_spec: str | None,
+    timeout: float,
+    consumers: bool,
+    dramatiq: bool,
 ) -> None:
     """Exit 0 if the broker answers, the topology is in place and workers consume the
     queues; else 1 with the reason.
 
     Checks the queues of --broker's actors and the QUEUEs named, their dead-letter
     queues and the delay delivery exchange, with passive declares (nothing is created),
-    and that each queue has at least one consumer (--no-consumers: not that, e.g. in a
-    process that only sends). For container health checks.
+    that the broker could declare each queue as it does (no queue exists with other
+    arguments; found without declaring anything), and that each queue has at least one
+    consumer (--no-consumers: not that, e.g. in a process that only sends). For a broker
+    with dramatiq_compat=True (or with --dramatiq), also that QUEUE.DQ exists and is
+    consumed, and prints its backlog. For container health checks.
     """
     broker = operator_broker(broker_spec, attempts=1)
+    _compat(broker, dramatiq)
 
-    async def work() -> None:
+    async def work() -> list[str]:
         try:
-            await _admin.check(broker, queue_names, timeout=timeout, consumers=consumers)
+            return await _admin.check(broker, queue_names, timeout=timeout, consumers=consumers)
         finally:
             await broker.close()
 
-    operate(work)
+    for note in operate(work):
+        click.echo(note)
     click.echo("ok")

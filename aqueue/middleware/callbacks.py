@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ..context import MessageContext
 from ..errors import ActorNotFound, ValidationError
+from ..message import Message
 from ..topology import validate_actor_name
 from .base import Middleware
 
@@ -26,9 +28,18 @@ class Callbacks(Middleware):
     Actor options (per message too):
         on_success: Name of the actor to send after success.
         on_failure: Name of the actor to send after final failure.
+
+    Args:
+        foreign_queue: Where to send a callback naming an actor this broker does not
+            have: a function of the actor's name that returns its queue, or None to not
+            send it (an error is logged). A broker with ``dramatiq_compat`` sets it, so
+            that callbacks reach actors that only Dramatiq workers have.
     """
 
     actor_options: ClassVar[frozenset[str]] = frozenset({"on_success", "on_failure"})
+
+    def __init__(self, *, foreign_queue: Callable[[str], str | None] | None = None) -> None:
+        self.foreign_queue = foreign_queue
 
     def normalize_option(self, name: str, value: Any) -> Any:
         if value is None:
@@ -49,9 +60,19 @@ class Callbacks(Middleware):
                 await self._send(context, name, {"type": type(exc).__name__, "message": str(exc)})
 
     async def _send(self, context: MessageContext, name: str, payload: Any) -> None:
+        arguments = (context.message.asdict(), payload)
         try:
-            callback = context.broker.get_actor(name)
-            await callback.send(context.message.asdict(), payload)
+            try:
+                callback = context.broker.get_actor(name)
+            except ActorNotFound:
+                queue_name = None if self.foreign_queue is None else self.foreign_queue(name)
+                if queue_name is None:
+                    raise
+                # Another system's actor: published by name, its arguments unchecked.
+                message = Message(queue_name=queue_name, actor_name=name, args=arguments)
+                await context.broker.enqueue(message)
+            else:
+                await callback.send(*arguments)
         except (ActorNotFound, ValidationError) as exc:
             # A callback that cannot be built (unknown actor, result not JSON) is a bug to
             # report, not a reason to run the finished message again.

@@ -56,7 +56,7 @@ class DeadLetterQueues(abc.ABC):
         message_id = (
             delivery.message_id or body_message_id(delivery.body) or f"undecodable-{time.time_ns()}"
         )
-        headers = {**_original_headers(delivery), **reason}
+        headers = {**delivery.headers, **reason}
         await self.publish(dlq, delivery.body, message_id=message_id, headers=headers)
         await delivery.ack()
 
@@ -97,12 +97,6 @@ class DeadLetterQueues(abc.ABC):
 
         async with self._control.temporary_channel() as channel:
             return await take_dead_letters(channel, queue_name, select, _drop, None)
-
-
-def _original_headers(delivery: _RabbitmqDelivery) -> dict[str, Any]:
-    # TODO(acker.py): a public ``headers`` property on _RabbitmqDelivery.
-    properties = delivery._message.header.properties
-    return dict(properties.headers or {})
 
 
 async def _drop(letter: DeadLetter) -> None:
