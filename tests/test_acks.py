@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import aiormq
@@ -10,6 +11,7 @@ import pytest
 
 import aqueue
 from aqueue.brokers.rabbitmq import _Acker, _RabbitmqDelivery
+from aqueue.brokers.rabbitmq.acker import HEAD_OF_LINE_GRACE
 
 from .conftest import RABBITMQ_URL, RabbitAdmin
 
@@ -55,6 +57,72 @@ async def test_an_ack_held_behind_a_requeued_delivery_is_sent(
     await channel.close()  # anything not acked would come back now
     await asyncio.sleep(0.2)
     assert await rabbit.count(queue_name) == 1  # only the requeued one
+
+
+async def test_acks_held_behind_a_running_delivery_go_one_by_one_after_the_grace(
+    amqp: aiormq.abc.AbstractConnection, rabbit: RabbitAdmin, queue_name: str
+) -> None:
+    channel, _acker, (_first, *rest) = await _deliveries(amqp, queue_name, 5)
+    for delivery in rest:  # finished while the first still runs
+        await delivery.ack()
+    await asyncio.sleep(HEAD_OF_LINE_GRACE + 0.3)
+    await channel.close()  # anything not acked comes back now
+    await asyncio.sleep(0.2)
+    assert await rabbit.count(queue_name) == 1  # only the one still running
+
+
+async def test_a_later_multiple_ack_spans_the_acks_sent_alone_without_naming_them(
+    amqp: aiormq.abc.AbstractConnection, rabbit: RabbitAdmin, queue_name: str
+) -> None:
+    channel, _acker, (first, *rest) = await _deliveries(amqp, queue_name, 5)
+    for delivery in rest:
+        await delivery.ack()
+    await asyncio.sleep(HEAD_OF_LINE_GRACE + 0.3)
+    await first.ack()
+    await asyncio.sleep(0.2)
+    assert not channel.is_closed  # naming an acked tag again would have closed it
+    await channel.close()
+    await asyncio.sleep(0.2)
+    assert await rabbit.count(queue_name) == 0
+
+
+async def test_a_flush_sends_the_acks_held_behind_a_running_delivery(
+    amqp: aiormq.abc.AbstractConnection, rabbit: RabbitAdmin, queue_name: str
+) -> None:
+    channel, acker, (_first, second, third) = await _deliveries(amqp, queue_name, 3)
+    await second.ack()
+    await third.ack()
+    await acker.flush()  # before the grace: a channel about to close
+    await channel.close()
+    await asyncio.sleep(0.2)
+    assert await rabbit.count(queue_name) == 1  # only the one that never finished
+
+
+async def test_a_long_message_does_not_stall_the_rest_of_its_queue(
+    rabbitmq_broker: aqueue.RabbitmqBroker, queue_name: str
+) -> None:
+    finished: list[float] = []
+    slow_done = asyncio.Event()
+
+    @rabbitmq_broker.actor(queue_name=queue_name)
+    async def slow() -> None:
+        await asyncio.sleep(3)
+        slow_done.set()
+
+    @rabbitmq_broker.actor(queue_name=queue_name)
+    async def fast(i: int) -> None:
+        finished.append(time.monotonic())
+
+    await slow.send()
+    await fast.send_many([(i,) for i in range(50)])
+    async with aqueue.Worker(rabbitmq_broker, queues=[queue_name], concurrency=4):
+        deadline = time.monotonic() + 2.5
+        while len(finished) < 50 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        # Without acks for the fast ones (held behind the slow one), the prefetch window
+        # fills after a few of them, and the rest waits for the slow message.
+        assert len(finished) == 50 and not slow_done.is_set(), len(finished)
+        await rabbitmq_broker.join(queue_name, timeout=10)
 
 
 async def test_acks_reach_rabbitmq_in_order_under_load(

@@ -1,10 +1,12 @@
-"""Acknowledging a channel's deliveries: in order, in batches, never a running one."""
+"""Acknowledging a channel's deliveries: in batches, never a running one, and none held for long
+behind one that runs."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import logging
+import time
 from typing import Any, Protocol
 
 import aiormq
@@ -23,8 +25,20 @@ class Publish(Protocol):
     """The broker's confirmed publish (``RabbitmqBroker.publish``)."""
 
     async def __call__(
-        self, routing_key: str, body: bytes, *, message_id: str, headers: dict[str, Any] | None
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str,
+        headers: dict[str, Any] | None,
+        priority: int | None = None,
     ) -> None: ...
+
+
+#: Seconds the oldest unsettled delivery of a channel may run before the deliveries that
+#: finished after it are acked one by one, rather than together once it finishes: they count
+#: against the prefetch until acked, so a long message would stall the rest of its queue.
+HEAD_OF_LINE_GRACE = 0.1
 
 
 class _Acker:
@@ -32,19 +46,32 @@ class _Acker:
 
     A finished delivery is acked soon after, together with every other finished one, by
     one ``basic.ack(multiple=True)`` for the highest tag below which every delivery is
-    settled: a delivery whose actor still runs is never covered. One sender at a time
-    writes the acks, so they reach RabbitMQ in increasing order.
+    settled: a delivery whose actor still runs is never covered. When the oldest unsettled
+    delivery has run for :data:`HEAD_OF_LINE_GRACE`, those finished after it are acked one
+    by one instead, so that they free their prefetch slots. One sender at a time writes the
+    acks, so they reach RabbitMQ in increasing order.
     """
 
-    __slots__ = ("_acked", "_channel", "_outstanding", "_requeued", "_scheduled", "_sender")
+    __slots__ = (
+        "_acked",
+        "_channel",
+        "_late_check",
+        "_outstanding",
+        "_scheduled",
+        "_sender",
+        "_settled",
+    )
 
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
         self._channel = channel
-        self._outstanding: collections.deque[int] = collections.deque()  # in delivery order
+        # (tag, when delivered), in delivery order
+        self._outstanding: collections.deque[tuple[int, float]] = collections.deque()
         self._acked: set[int] = set()  # finished, ack not sent yet
-        self._requeued: set[int] = set()  # nacked already: settled, never named in an ack
+        # Nacked, or acked on its own: settled, never named in an ack again
+        self._settled: set[int] = set()
         self._scheduled = False
         self._sender: asyncio.Future[None] | None = None
+        self._late_check: asyncio.TimerHandle | None = None
 
     @property
     def channel(self) -> aiormq.abc.AbstractChannel:
@@ -52,7 +79,7 @@ class _Acker:
         return self._channel
 
     def delivered(self, tag: int) -> None:
-        self._outstanding.append(tag)
+        self._outstanding.append((tag, time.monotonic()))
 
     def ack(self, tag: int) -> None:
         self._acked.add(tag)
@@ -66,7 +93,7 @@ class _Acker:
             return  # the channel is gone: nothing more will be acked on it
         # Settled: a later multiple ack may span it, but must not name it (RabbitMQ would
         # close the channel on an unknown delivery tag). Acks held behind it may go now.
-        self._requeued.add(tag)
+        self._settled.add(tag)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -76,34 +103,59 @@ class _Acker:
 
     def _start_sender(self) -> None:
         self._scheduled = False
-        outstanding = self._outstanding
-        if (
-            self._sender is None
-            and outstanding
-            and (outstanding[0] in self._acked or outstanding[0] in self._requeued)
-        ):
+        if self._sender is None and self._acked:
             self._sender = asyncio.ensure_future(self._send_all())
 
     def _take_contiguous(self) -> int | None:
         """The highest acked tag below which every delivery is settled, or None."""
         last = None
-        outstanding, acked, requeued = self._outstanding, self._acked, self._requeued
+        outstanding, acked, settled = self._outstanding, self._acked, self._settled
         while outstanding:
-            tag = outstanding[0]
+            tag = outstanding[0][0]
             if tag in acked:
                 acked.discard(tag)
                 last = tag
-            elif tag in requeued:
-                requeued.discard(tag)
+            elif tag in settled:
+                settled.discard(tag)
             else:
                 break
             outstanding.popleft()
         return last
 
-    async def _send_all(self) -> None:
+    def _take_held(self, *, force: bool) -> list[int]:
+        """The acked tags held behind an unsettled delivery that ran past the grace (any
+        unsettled one with ``force``), to be acked one by one; else schedules a look later."""
+        if not self._acked or not self._outstanding:
+            return []
+        waited = time.monotonic() - self._outstanding[0][1]
+        if not force and waited < HEAD_OF_LINE_GRACE:
+            if self._late_check is None:
+                self._late_check = asyncio.get_running_loop().call_later(
+                    HEAD_OF_LINE_GRACE - waited, self._look_again
+                )
+            return []
+        held = sorted(self._acked)
+        self._acked.clear()
+        self._settled.update(held)
+        return held
+
+    def _look_again(self) -> None:
+        self._late_check = None
+        self._schedule()
+
+    async def _send_all(self, *, force: bool = False) -> None:
+        channel = self._channel
         try:
-            while (last := self._take_contiguous()) is not None:
-                await self._channel.basic_ack(last, multiple=True, wait=False)
+            while True:
+                last = self._take_contiguous()
+                if last is not None:
+                    await channel.basic_ack(last, multiple=True, wait=False)
+                    continue
+                held = self._take_held(force=force)
+                if not held:
+                    break
+                for tag in held:
+                    await channel.basic_ack(tag, multiple=False, wait=False)
         except CONNECTION_ERRORS as exc:
             # The channel is gone, so RabbitMQ already put the messages back in their queue.
             log.debug("acks failed (%r); RabbitMQ redelivers", exc)
@@ -111,12 +163,15 @@ class _Acker:
             self._sender = None
 
     async def flush(self) -> None:
-        """Send the pending acks now (before the channel closes)."""
+        """Send the pending acks now (before the channel closes), held ones included."""
         if self._sender is not None:
             await asyncio.gather(self._sender, return_exceptions=True)
         if self._sender is None:
-            self._sender = asyncio.ensure_future(self._send_all())
+            self._sender = asyncio.ensure_future(self._send_all(force=True))
             await asyncio.gather(self._sender, return_exceptions=True)
+        if self._late_check is not None:
+            self._late_check.cancel()
+            self._late_check = None
 
 
 class _RabbitmqDelivery:
@@ -142,6 +197,11 @@ class _RabbitmqDelivery:
         return self._message.header.properties.message_id
 
     @property
+    def headers(self) -> dict[str, Any]:
+        """A copy of the delivery's AMQP headers (empty if it has none)."""
+        return dict(self._message.header.properties.headers or {})
+
+    @property
     def lost(self) -> bool:
         return not self._settled and self._acker.channel.is_closed
 
@@ -165,11 +225,18 @@ class _RabbitmqDelivery:
         message_id = self.message_id
         # On a closed channel RabbitMQ has requeued the message already: a copy would double it.
         if message_id is not None and can_publish and not self._acker.channel.is_closed:
-            headers = dict(self._message.header.properties.headers or {})
+            headers = self.headers
             headers.pop("x-delivery-count", None)  # a quorum queue's count of deliveries
             try:
                 await asyncio.wait_for(
-                    publish(queue_name, self.body, message_id=message_id, headers=headers),
+                    publish(
+                        queue_name,
+                        self.body,
+                        message_id=message_id,
+                        headers=headers,
+                        # Kept, as a requeue would keep it: a priority queue ranks it again.
+                        priority=self._message.header.properties.priority,
+                    ),
                     GIVE_BACK_TIMEOUT,
                 )
             except Exception as exc:  # the timeout too
