@@ -12,6 +12,7 @@ from .actor import Actor, actor
 from .broker import Broker
 from .brokers.memory import InMemoryBroker
 from .brokers.rabbitmq import RabbitmqBroker
+from .composition import Group, Pipeline, group, pipeline
 from .context import MessageContext, current_message
 from .dead_letters import DeadLetter
 from .errors import (
@@ -30,6 +31,7 @@ from .errors import (
     ValidationError,
     WorkerError,
 )
+from .limits import Limit
 from .message import Message
 from .middleware import Middleware, SkipMessage
 from .schedules import Schedule, schedule
@@ -50,6 +52,13 @@ __all__ = [
     "Message",
     "actor",
     "current_message",
+    # workflows
+    "Group",
+    "Pipeline",
+    "group",
+    "pipeline",
+    # limits (the Limits middleware applies them)
+    "Limit",
     # schedules
     "Schedule",
     "schedule",

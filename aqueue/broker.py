@@ -14,7 +14,9 @@ from ._actor_options import accepted_options, normalize_options
 from ._default_broker import get_broker, set_broker
 from ._deliveries import Consumer, Delivery, DeliveryHandler
 from ._durations import Duration
+from ._groups import GroupSupport
 from ._in_flight import InFlightTracking
+from ._limit_support import LimitSupport
 from ._replies import ReplySupport
 from ._scheduling_support import SchedulingSupport
 from .actor import Actor
@@ -63,7 +65,7 @@ class QueueInfo:
     consumers: int
 
 
-class Broker(InFlightTracking, SchedulingSupport, ReplySupport):
+class Broker(InFlightTracking, SchedulingSupport, ReplySupport, LimitSupport, GroupSupport):
     """What every broker offers: actors, sending, consuming, dead-lettering and joining.
 
     Attributes:

@@ -59,6 +59,7 @@ EXAMPLE_QUEUES = (
     "thumbnails",
     "signups",
     "credits",
+    "invoices",
 )
 
 #: Files outside docs/examples/ that pages show, and the test module that runs each.
@@ -383,6 +384,10 @@ def test_default_middleware_is_the_documented_one() -> None:
     from aqueue.middleware import (
         AgeLimit,
         Callbacks,
+        Groups,
+        Limits,
+        Pipelines,
+        Priorities,
         Redeliveries,
         Replies,
         Retries,
@@ -396,8 +401,12 @@ def test_default_middleware_is_the_documented_one() -> None:
         AgeLimit,
         TimeLimit,
         Retries,
+        Pipelines,
+        Groups,
         Callbacks,
         Replies,
+        Priorities,
+        Limits,
     ]
     redeliveries, age_limit, time_limit, retries = stack[:4]
     assert isinstance(retries, Retries) and isinstance(time_limit, TimeLimit)
@@ -623,6 +632,18 @@ async def test_delays_deliver_later_in_due_order(
     assert await count(examples.q("reminders")) == 0
 
 
+async def test_priorities_overtake_messages_already_waiting(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    priorities = examples.load("priorities")
+    await priorities.main()
+    printed = capsys.readouterr().out.splitlines()
+    shown = shown_output("priorities-and-limits.md", "building refund 77")
+    assert printed[0] == shown[0] and printed[3:] == shown[3:]
+    assert sorted(printed[1:3]) == sorted(shown[1:3])  # one send_many: published together
+    assert await count(examples.q("invoices")) == 0
+
+
 async def test_callbacks_after_success_and_failure(
     examples: Examples, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -631,6 +652,38 @@ async def test_callbacks_after_success_and_failure(
     printed = capsys.readouterr().out.splitlines()
     assert sorted(printed) == sorted(shown_output("middleware.md", "export of report"))
     assert await count(examples.q("exports") + ".XQ") == 1  # the failed export itself
+
+
+async def test_a_pipeline_passes_each_result_to_the_next_step(
+    examples: Examples, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipelines = examples.load("pipelines")
+    await pipelines.main()
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == shown_output("results.md", "mailing")
+
+
+async def test_a_group_runs_its_callback_with_every_result(
+    examples: Examples, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[aqueue.Group] = []
+    send = aqueue.Group.send
+
+    async def recording_send(self: aqueue.Group) -> aqueue.Group:
+        sent.append(self)
+        return await send(self)
+
+    monkeypatch.setattr(aqueue.Group, "send", recording_send)
+    groups = examples.load("groups")
+    try:
+        await groups.main()
+    finally:
+        connection = await aio_pika.connect(RABBITMQ_URL)
+        async with connection, connection.channel() as channel:
+            for group in sent:  # what the group leaves on RabbitMQ (for a day): not here
+                await channel.queue_delete(f"aqueue.group.{group.group_id}")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == shown_output("results.md", "album holidays")
 
 
 async def test_custom_middleware_stack(

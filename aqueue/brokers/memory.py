@@ -23,7 +23,9 @@ from ..errors import UnroutableError
 from ..message import Message
 from ..middleware import Middleware
 from ..topology import DEAD_LETTER_SUFFIX
-from ._memory_queues import _Envelope, _MemoryConsumer, _MemoryDelivery, _Queue
+from ._memory_groups import MemoryGroups
+from ._memory_limits import MemoryLimits
+from ._memory_queues import _Envelope, _MemoryConsumer, _MemoryDelivery, _Queue, queue_priority
 from ._memory_replies import MemoryReplies
 
 __all__ = ["InMemoryBroker"]
@@ -31,13 +33,13 @@ __all__ = ["InMemoryBroker"]
 log = logging.getLogger(__name__)
 
 
-class InMemoryBroker(MemoryReplies, Broker):
+class InMemoryBroker(MemoryReplies, MemoryLimits, MemoryGroups, Broker):
     """A broker that keeps queues in memory, for users' unit tests.
 
     It offers the same interface and behaviour as :class:`~aqueue.RabbitmqBroker`:
     messages are encoded to JSON and decoded again, sends are validated, prefetch
     bounds what a worker takes, unfinished messages go back to their queue when a
-    worker stops, and retries, delays, time limits, dead letters, callbacks and
+    worker stops, and priorities, retries, delays, time limits, dead letters, callbacks and
     ``call()`` behave the same. Delays run on the real clock; :meth:`fast_forward`
     releases delayed messages at once.
 
@@ -106,7 +108,9 @@ class InMemoryBroker(MemoryReplies, Broker):
     # -- publishing -----------------------------------------------------------------------
 
     async def _publish_message(self, message: Message, delay: float | None) -> None:
-        envelope = _Envelope(self._encode(message), message.message_id)
+        envelope = _Envelope(
+            self._encode(message), message.message_id, priority=queue_priority(self, message)
+        )
         await self.declare_queue(message.queue_name)
         if delay:
             due = time.monotonic() + delay
@@ -264,7 +268,15 @@ class InMemoryBroker(MemoryReplies, Broker):
         if delivery.settled:
             return
         envelope = delivery.envelope
-        self._put(queue_name, _Envelope(envelope.body, envelope.message_id, dict(envelope.headers)))
+        self._put(
+            queue_name,
+            _Envelope(
+                envelope.body,
+                envelope.message_id,
+                dict(envelope.headers),
+                priority=envelope.priority,
+            ),
+        )
         await delivery.ack()
 
     async def dead_letters(self, queue_name: str, *, limit: int = 100) -> list[DeadLetter]:

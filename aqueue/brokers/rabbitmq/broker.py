@@ -24,6 +24,7 @@ from ...broker import (
 from ...errors import UnroutableError
 from ...message import Message
 from ...middleware import Middleware
+from ...middleware.priorities import max_priorities, priority_of
 from ...topology import QUEUE_TYPES, QueueType, delay_route
 from .acker import _RabbitmqDelivery
 from .connections import BOTH, CONSUME, PUBLISH, RoleConnection
@@ -31,6 +32,8 @@ from .consumer import QueueConsumer
 from .dead_letter_queues import DeadLetterQueues
 from .declarations import Declarations
 from .events import EventStreams
+from .groups import RabbitmqGroups
+from .limits import RabbitmqLimits
 from .publisher import Publisher
 from .replies import DirectReplyTo
 from .server import ServerVersion
@@ -40,7 +43,15 @@ from .urls import broker_urls, describe_urls
 log = logging.getLogger("aqueue.brokers.rabbitmq")
 
 
-class RabbitmqBroker(EventStreams, DeadLetterQueues, DirectReplyTo, SingleQueues, Broker):
+class RabbitmqBroker(
+    EventStreams,
+    DeadLetterQueues,
+    DirectReplyTo,
+    SingleQueues,
+    RabbitmqLimits,
+    RabbitmqGroups,
+    Broker,
+):
     """A broker on RabbitMQ, holding a small, constant number of connections per process.
 
     A process that only sends holds one connection. A worker holds at most two: one that
@@ -87,6 +98,9 @@ class RabbitmqBroker(EventStreams, DeadLetterQueues, DirectReplyTo, SingleQueues
             as Dramatiq does, write and read its millisecond durations, move its delayed
             messages out of ``<queue>.DQ`` (see the "Coming from Dramatiq" page).
         dramatiq_max_priority: Dramatiq's ``max_priority``, when its brokers set one.
+        dramatiq_actors: With ``dramatiq_compat``, the queues of actors only Dramatiq has,
+            by actor name (``{"notify": "emails"}``): an ``on_success`` / ``on_failure``
+            naming one is published there; one not listed goes to ``"default"``.
     """
 
     def __init__(
@@ -107,6 +121,7 @@ class RabbitmqBroker(EventStreams, DeadLetterQueues, DirectReplyTo, SingleQueues
         reconnect_interval: float = 1.0,
         dramatiq_compat: bool = False,
         dramatiq_max_priority: int | None = None,
+        dramatiq_actors: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(middleware=middleware, max_message_size=max_message_size)
         self.urls = broker_urls(url)
@@ -149,12 +164,15 @@ class RabbitmqBroker(EventStreams, DeadLetterQueues, DirectReplyTo, SingleQueues
             timeout=publish_timeout,
             describe_node=lambda: self._control.node,
             server_version=lambda: self.server_version,
+            max_priorities=lambda queue_name: max_priorities(self, queue_name),
         )
         self._consumers: list[QueueConsumer] = []
         if dramatiq_compat:
             from .dramatiq_compat import enable_dramatiq_compat
 
-            enable_dramatiq_compat(self, max_priority=dramatiq_max_priority)
+            enable_dramatiq_compat(self, max_priority=dramatiq_max_priority, actors=dramatiq_actors)
+        elif dramatiq_actors:
+            raise ValueError("dramatiq_actors needs dramatiq_compat=True")
 
     def __repr__(self) -> str:
         return f"RabbitmqBroker({', '.join(redact_url(u) for u in self.urls)!r})"
@@ -279,15 +297,28 @@ class RabbitmqBroker(EventStreams, DeadLetterQueues, DirectReplyTo, SingleQueues
         else:
             exchange, routing_key = "", queue_name
 
+        priority = priority_of(self, message)
         try:
-            await self.publish(routing_key, body, message_id=message.message_id, exchange=exchange)
+            await self.publish(
+                routing_key,
+                body,
+                message_id=message.message_id,
+                exchange=exchange,
+                priority=priority,
+            )
         except UnroutableError:
             # The queue was deleted behind our back: declare it again and retry once.
             self._declarations.forget_queue(queue_name)
             await self.declare_queue(queue_name)
             if delay_ms > 0:
                 await self._declarations.delay_levels(kind)
-            await self.publish(routing_key, body, message_id=message.message_id, exchange=exchange)
+            await self.publish(
+                routing_key,
+                body,
+                message_id=message.message_id,
+                exchange=exchange,
+                priority=priority,
+            )
 
     async def publish(
         self,
@@ -297,6 +328,7 @@ class RabbitmqBroker(EventStreams, DeadLetterQueues, DirectReplyTo, SingleQueues
         message_id: str,
         headers: dict[str, Any] | None = None,
         exchange: str = "",
+        priority: int | None = None,
     ) -> None:
         """Publish raw bytes, persistent and mandatory, and wait for the broker's confirm.
 
@@ -309,7 +341,12 @@ class RabbitmqBroker(EventStreams, DeadLetterQueues, DirectReplyTo, SingleQueues
             BrokerConnectionError: no confirm within ``publish_timeout``.
         """
         await self._publisher.publish(
-            routing_key, body, message_id=message_id, headers=headers, exchange=exchange
+            routing_key,
+            body,
+            message_id=message_id,
+            headers=headers,
+            exchange=exchange,
+            priority=priority,
         )
 
     # -- consuming ------------------------------------------------------------------------
