@@ -243,8 +243,8 @@ async def test_calls_use_the_publishing_connection_and_no_queue(queue_name: str)
             channels = channels_of_pid(pid)
             sockets = _amqp_sockets()
             queues = _queue_names()
-            results = await asyncio.gather(*(echo.call(n, timeout=30) for n in range(100)))
-            assert results == list(range(100))
+            results = await asyncio.gather(*(echo.call(n, timeout=30) for n in range(500)))
+            assert results == list(range(500))
             # At most as many: connections of earlier tests may still be closing.
             assert connections_of_pid(pid) <= connections
             assert channels_of_pid(pid) <= channels
