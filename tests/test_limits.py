@@ -243,6 +243,10 @@ async def test_limits_hold_across_two_worker_processes_and_a_killed_worker_leaks
         starts = [float(r[0]) for r in _records(out, "paced")]
         assert _most_in_a_window(starts, 1.0) <= 4
         assert len({r[1] for r in _records(out, "paced")}) == 2
+        print(
+            f"concurrency=2 over 2 processes: most running at once {_max_overlap(spans)}; "
+            f'rate="4/s": most starts in a 1 s window {_most_in_a_window(starts, 1.0)}'
+        )
 
         # A worker killed while it holds the hog's only token: the token comes back.
         await hog.send(3600.0)
