@@ -59,10 +59,12 @@ def bind_message(
 ) -> tuple[Message, Actor[..., Any], tuple[Any, ...], dict[str, Any]]:
     """The actor of ``message`` and its decoded arguments; ``ActorNotFound`` or
     ``ValidationError`` if it cannot run. ``message_options`` are the per-message options
-    middleware reads: they are validated like an actor's."""
+    middleware reads: the broker translates them from the wire (in place), then they are
+    validated like an actor's."""
     actor = broker.get_actor(message.actor_name)
     args, kwargs = actor.arguments.decode(message.args, message.kwargs)
     if message.options:
+        broker._options_from_wire(message, message_options)
         _check_options(broker, message, message_options)
     if message.queue_name != queue_name:
         # Retries and redeliveries go back to the queue the message came from.

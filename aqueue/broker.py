@@ -284,6 +284,11 @@ class Broker(InFlightTracking, SchedulingSupport, ReplySupport, LimitSupport, Gr
             )
         return body
 
+    def _options_from_wire(self, message: Message, known: frozenset[str]) -> None:
+        """Put a received message's options in aqueue's terms, in place, before they are
+        validated (``known``: the options middleware read). A no-op; a broker whose wire
+        format differs overrides it (``dramatiq_compat``: Dramatiq's units and meanings)."""
+
     @abc.abstractmethod
     async def _publish_message(self, message: Message, delay: float | None) -> None:
         """Publish ``message`` (after ``delay`` seconds) and wait for the confirm."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -13,7 +15,13 @@ import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker as DramatiqBroker
 
 import aqueue
-from aqueue.brokers.rabbitmq.dramatiq_compat import enable_dramatiq_compat
+from aqueue import DeadLetter
+from aqueue.brokers.rabbitmq.dramatiq_compat import (
+    NO_LIMIT_MS,
+    enable_dramatiq_compat,
+    from_wire,
+    to_wire,
+)
 
 from .conftest import RABBITMQ_URL, RabbitAdmin
 
@@ -65,6 +73,14 @@ async def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.02)
+
+
+async def dead_letters_of(broker: aqueue.RabbitmqBroker, queue_name: str) -> list[DeadLetter]:
+    deadline = time.monotonic() + 15
+    while not (letters := await broker.dead_letters(queue_name)):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+    return letters
 
 
 # -- declarations ---------------------------------------------------------------------------
@@ -199,6 +215,215 @@ async def test_compat_seconds_are_read_as_seconds_by_a_dramatiq_worker(
 
     with DramatiqWorker(dramatiq_broker):
         await eventually(lambda: done == ["ok"])
+
+
+# -- option values --------------------------------------------------------------------------
+
+
+async def test_dramatiq_none_options_mean_the_actors_values_on_a_compat_worker(
+    compat_broker: aqueue.RabbitmqBroker, dramatiq_broker: DramatiqBroker, queue_name: str
+) -> None:
+    @dramatiq.actor(queue_name=queue_name, actor_name="flaky", broker=dramatiq_broker)
+    def d_flaky() -> None: ...
+
+    # All "unset" in Dramatiq; delayed, so that it goes through .DQ and the mover too.
+    unset = dict.fromkeys(
+        ["time_limit", "max_age", "min_backoff", "max_backoff", "throws", "retry_when"]
+    )
+    await asyncio.to_thread(
+        d_flaky.send_with_options,
+        delay=100,
+        on_success=None,
+        max_retries=None,  # no limit, in both
+        **unset,
+    )
+    calls: list[float] = []
+    done: list[str] = []
+
+    @compat_broker.actor(queue_name=queue_name, actor_name="done")
+    async def finished(message: object, result: object) -> None:
+        done.append("done")
+
+    @compat_broker.actor(
+        queue_name=queue_name,
+        actor_name="flaky",
+        time_limit=0.3,
+        min_backoff=0.01,
+        max_backoff=0.02,
+        max_retries=0,
+        on_success="done",
+    )
+    async def flaky() -> None:
+        calls.append(time.time())
+        if len(calls) == 1:
+            await asyncio.sleep(10)  # the actor's 0.3 s time limit, not "no limit"
+
+    async with aqueue.Worker(compat_broker, queues=[queue_name]):
+        await eventually(lambda: done == ["done"], timeout=10)
+    assert len(calls) == 2
+    assert calls[1] - calls[0] < 2, "stopped by the actor's time_limit, retried at its backoff"
+    assert await compat_broker.dead_letters(queue_name) == []
+
+
+async def test_dramatiq_max_age_none_keeps_the_actors_max_age(
+    compat_broker: aqueue.RabbitmqBroker, dramatiq_broker: DramatiqBroker, queue_name: str
+) -> None:
+    @dramatiq.actor(queue_name=queue_name, actor_name="stale", broker=dramatiq_broker)
+    def d_stale() -> None: ...
+
+    message = await asyncio.to_thread(d_stale.send_with_options, max_age=None)
+    await asyncio.sleep(0.2)
+    calls: list[str] = []
+
+    @compat_broker.actor(queue_name=queue_name, actor_name="stale", max_age=0.05)
+    async def stale() -> None:
+        calls.append("ran")
+
+    async with aqueue.Worker(compat_broker, queues=[queue_name]):
+        [letter] = await dead_letters_of(compat_broker, queue_name)
+    assert (letter.message_id, letter.reason) == (message.message_id, "max-age-exceeded")
+    assert calls == []
+
+
+async def test_dramatiq_pipeline_steps_falsy_pipe_ignore_keeps_the_actors(
+    compat_broker: aqueue.RabbitmqBroker,
+    dramatiq_broker: DramatiqBroker,
+    queue_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @dramatiq.actor(queue_name=queue_name, actor_name="first", broker=dramatiq_broker)
+    def d_first() -> int: ...
+
+    @dramatiq.actor(queue_name=queue_name, actor_name="second", broker=dramatiq_broker)
+    def d_second() -> None: ...
+
+    chain = dramatiq.pipeline(
+        [
+            d_first.message(),
+            d_second.message_with_options(pipe_ignore=False, time_limit=None, delay=50),
+        ],
+        broker=dramatiq_broker,
+    )
+    await asyncio.to_thread(chain.run)
+    ran: list[object] = []
+
+    @compat_broker.actor(queue_name=queue_name, actor_name="first")
+    async def first() -> int:
+        return 1
+
+    @compat_broker.actor(queue_name=queue_name, actor_name="second", pipe_ignore=True)
+    async def second() -> None:  # takes no result: pipe_ignore=False is unset in Dramatiq
+        ran.append(aqueue.current_message().options.get("time_limit", "unset"))
+
+    async with aqueue.Worker(compat_broker, queues=[queue_name]):
+        await eventually(lambda: ran == ["unset"])
+    assert await compat_broker.dead_letters(queue_name) == []
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "first" in warning and "pipe_target delay=50" in warning, warning
+
+
+async def test_options_aqueue_cannot_honour_are_ignored_with_a_warning_once_per_actor(
+    compat_broker: aqueue.RabbitmqBroker,
+    dramatiq_broker: DramatiqBroker,
+    queue_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @dramatiq.actor(queue_name=queue_name, actor_name="job", broker=dramatiq_broker)
+    def d_job(n: int) -> None: ...
+
+    for n in range(3):
+        await asyncio.to_thread(
+            d_job.send_with_options,
+            args=(n,),
+            on_retry_exhausted="give_up",
+            notify_shutdown=True,
+            some_option_of_their_own=n,
+        )
+    seen: list[int] = []
+
+    @compat_broker.actor(queue_name=queue_name, actor_name="job")
+    async def job(n: int) -> None:
+        seen.append(n)
+
+    caplog.set_level(logging.DEBUG, logger="aqueue.brokers.rabbitmq")
+    async with aqueue.Worker(compat_broker, queues=[queue_name]):
+        await eventually(lambda: sorted(seen) == [0, 1, 2])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert any("on_retry_exhausted='give_up'" in w and "job" in w for w in warnings)
+    assert any("notify_shutdown=True" in w for w in warnings)
+    ignored = [r for r in caplog.records if "some_option_of_their_own" in r.getMessage()]
+    assert len(ignored) == 3 and all(r.levelno == logging.DEBUG for r in ignored)
+    assert await compat_broker.dead_letters(queue_name) == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"time_limit": -5}, {"min_backoff": "soon"}, {"max_retries": -1}, {"throws": ["E"]}],
+    ids=["negative-time-limit", "text-backoff", "negative-retries", "throws"],
+)
+async def test_a_compat_worker_still_dead_letters_bad_option_values(
+    compat_broker: aqueue.RabbitmqBroker,
+    dramatiq_broker: DramatiqBroker,
+    queue_name: str,
+    options: dict[str, object],
+) -> None:
+    @dramatiq.actor(queue_name=queue_name, actor_name="job", broker=dramatiq_broker)
+    def d_job() -> None: ...
+
+    await asyncio.to_thread(d_job.send_with_options, **options)
+    calls: list[str] = []
+
+    @compat_broker.actor(queue_name=queue_name, actor_name="job")
+    async def job() -> None:
+        calls.append("ran")
+
+    async with aqueue.Worker(compat_broker, queues=[queue_name]):
+        [letter] = await dead_letters_of(compat_broker, queue_name)
+    assert letter.reason == "invalid-arguments"
+    assert calls == []
+
+
+async def test_without_compat_none_keeps_aqueues_meaning(
+    rabbitmq_broker: aqueue.RabbitmqBroker, queue_name: str, rabbit: RabbitAdmin
+) -> None:
+    calls: list[str] = []
+
+    @rabbitmq_broker.actor(queue_name=queue_name, time_limit=0.1)
+    async def slow(n: int) -> None:
+        await asyncio.sleep(0.3)
+        calls.append("done")
+
+    await slow.send_with_options(args=(1,), time_limit=None)  # no limit
+    body = slow.message(2).encode()  # and one that only Dramatiq could mean as "unset"
+    raw = json.loads(body)
+    raw["options"] = {"min_backoff": None}
+    await rabbit.publish_raw(queue_name, json.dumps(raw).encode())
+    async with aqueue.Worker(rabbitmq_broker, queues=[queue_name]):
+        [letter] = await dead_letters_of(rabbitmq_broker, queue_name)
+        await eventually(lambda: calls == ["done"])
+    assert letter.reason == "invalid-arguments"
+
+
+def test_aqueues_own_none_time_limit_survives_the_wire_and_dramatiqs_unset_does_not() -> None:
+    options: dict[str, object] = {"time_limit": None, "max_age": None, "min_backoff": 1.5}
+    to_wire(options)
+    assert options == {"time_limit": NO_LIMIT_MS, "max_age": NO_LIMIT_MS, "min_backoff": 1500}
+    from_wire(options)
+    assert options == {"time_limit": None, "max_age": None, "min_backoff": 1.5}
+    dramatiq_unset = {
+        "time_limit": 0,
+        "on_success": None,
+        "min_backoff": None,
+        "max_retries": None,
+        "retry_when": None,
+        "pipe_target": {"actor_name": "b", "options": {"pipe_ignore": False, "max_age": 2000}},
+    }
+    from_wire(dramatiq_unset)
+    assert dramatiq_unset == {
+        "max_retries": None,
+        "pipe_target": {"actor_name": "b", "options": {"max_age": 2.0}},
+    }
 
 
 # -- dead letters ---------------------------------------------------------------------------

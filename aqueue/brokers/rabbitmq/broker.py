@@ -7,7 +7,7 @@ import logging
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiormq
 from aio_pika.abc import AbstractRobustConnection
@@ -39,6 +39,9 @@ from .replies import DirectReplyTo
 from .server import ServerVersion
 from .single_queues import SingleQueues
 from .urls import broker_urls, describe_urls
+
+if TYPE_CHECKING:
+    from .dramatiq_compat import DramatiqCompat
 
 log = logging.getLogger("aqueue.brokers.rabbitmq")
 
@@ -167,6 +170,7 @@ class RabbitmqBroker(
             max_priorities=lambda queue_name: max_priorities(self, queue_name),
         )
         self._consumers: list[QueueConsumer] = []
+        self._dramatiq: DramatiqCompat | None = None  # set by enable_dramatiq_compat
         if dramatiq_compat:
             from .dramatiq_compat import enable_dramatiq_compat
 
@@ -284,6 +288,10 @@ class RabbitmqBroker(
         )
 
     # -- publishing -----------------------------------------------------------------------
+
+    def _options_from_wire(self, message: Message, known: frozenset[str]) -> None:
+        if self._dramatiq is not None:
+            self._dramatiq.options_from_wire(message, known)
 
     async def _publish_message(self, message: Message, delay: float | None) -> None:
         body = self._encode(message)

@@ -6,7 +6,10 @@ memory until then. A compat aqueue worker consumes ``<q>.DQ`` too and, for each 
 publishes it to ``<q>`` (due already) or into aqueue's delay levels for the time left
 (due later), confirmed, then acks it: no worker holds it, and a crash in between
 duplicates it at worst. ``eta`` is removed on the way, as Dramatiq does, so a Dramatiq
-worker that takes the message from ``<q>`` runs it at once.
+worker that takes the message from ``<q>`` runs it at once. The other options are moved
+as they are, in the wire's terms (milliseconds, Dramatiq's None for "unset"): whichever
+worker takes the message from ``<q>`` reads them in its own (an aqueue worker through its
+broker's ``_options_from_wire``, before it validates them).
 """
 
 from __future__ import annotations
