@@ -144,6 +144,9 @@ class GroupClaim(abc.ABC):
     """The group's claim, held: the records read, and how to mark the group decided."""
 
     bodies: list[bytes]
+    #: The group's record count taken once the records read were given back, where the
+    #: broker can order it after them (RabbitMQ: on the claim's own channel); else None.
+    count_after_release: int | None = None
 
     @abc.abstractmethod
     async def finish(self, done: bytes) -> None:
@@ -185,7 +188,10 @@ class GroupSupport(abc.ABC):
                     await claim.finish(_encoder.encode(GroupRecord(index=_DONE)))
                     return
                 read = len(claim.bodies)
-            if await self._group_count(member) <= read:
+            count = claim.count_after_release
+            if count is None:
+                count = await self._group_count(member)
+            if count <= read:
                 return
             must_read = True  # records came while it held the claim: read them
         log.error("group %s: gave up deciding after %d rounds", member.id, _MAX_ROUNDS)

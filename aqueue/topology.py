@@ -19,11 +19,13 @@ A classic work queue whose actors set ``max_priority`` also has ``x-max-priority
 highest of them); its ``q.XQ`` and the delay levels have none: a delayed message keeps
 its AMQP priority through the levels, which only hold it, in arrival order, for a TTL.
 
-Every queue is durable and none is exclusive or auto-deleted; the only arguments are
-dead-lettering, TTL, ``x-queue-type``, ``x-overflow``, ``x-delivery-limit`` and
-``x-max-priority``. None of ``x-queue-mode``, ``x-queue-version`` or
-``x-consumer-timeout``, so RabbitMQ 4.3 accepts all of them
-(``brokers.rabbitmq.server.refused_by_rabbitmq_4_3``).
+Every work, dead-letter and delay queue is durable and none is exclusive or auto-deleted;
+the only arguments are dead-lettering, TTL, ``x-queue-type``, ``x-overflow``,
+``x-delivery-limit`` and ``x-max-priority``. None of ``x-queue-mode``, ``x-queue-version``
+or ``x-consumer-timeout``, so RabbitMQ 4.3 accepts all of them
+(``brokers.rabbitmq.server.refused_by_rabbitmq_4_3``). The queues of limits and groups
+(``aqueue.limit.*``, ``aqueue.group.*``) are durable classic queues with ``x-expires``,
+and their locks and claims exclusive ones, which 4.3 accepts as well.
 """
 
 from __future__ import annotations

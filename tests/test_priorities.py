@@ -284,6 +284,22 @@ async def test_a_process_that_knows_no_max_priority_uses_the_priority_queue_as_i
     assert message is not None and message.priority == 5  # the queue kept its priorities
 
 
+async def test_a_process_without_the_queues_actors_publishes_the_priority_as_it_is(
+    rabbitmq_broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+) -> None:
+    """Like a worker publishing the next step of a pipeline for another service's actor."""
+    second = rabbitmq_broker.actor(queue_name=queue_name, actor_name="second", max_priority=5)(_job)
+    await rabbitmq_broker.declare_queue(queue_name)
+    message = second.message_with_options(priority=3)
+    elsewhere = aqueue.RabbitmqBroker(RABBITMQ_URL)  # knows no actor of that queue
+    try:
+        await elsewhere.enqueue(message)
+    finally:
+        await elsewhere.close()
+    got = await rabbit.get(queue_name)
+    assert got is not None and got.priority == 3
+
+
 async def test_quorum_queues_refuse_priorities_on_rabbitmq_3(queue_name: str) -> None:
     broker = aqueue.RabbitmqBroker(RABBITMQ_URL, queue_type="quorum")
     try:

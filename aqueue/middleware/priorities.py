@@ -69,7 +69,13 @@ class Priorities(Middleware):
             priority = actor.options.get("priority")
         if priority is None:
             return
-        maximum = max_priority_of(broker, message.queue_name)
+        queue_name = message.queue_name
+        if not any(a.queue_name == queue_name for a in broker.actors.values()):
+            # No actor of that queue in this process (a pipeline's next step or a callback
+            # run by another service): its maximum is unknown here, and RabbitMQ caps the
+            # priority at it. Failing would dead-letter the work that just succeeded.
+            return
+        maximum = max_priority_of(broker, queue_name)
         if maximum is None:
             raise ValidationError(
                 f"{message.actor_name}(): priority {priority} needs a priority queue, and no "

@@ -50,7 +50,9 @@ def claim_queue(group_id: str) -> str:
 
 
 def _arguments(member: GroupMember) -> dict[str, Any]:
-    return {"x-expires": max(1, round(member.expires * 1000))}
+    # Classic whatever the vhost's default type: a quorum queue would count every record
+    # given back as a delivery (RabbitMQ 4.0-4.2) and drop it at its delivery limit.
+    return {"x-expires": max(1, round(member.expires * 1000)), "x-queue-type": "classic"}
 
 
 class _RabbitmqClaim(GroupClaim):
@@ -80,10 +82,19 @@ class _RabbitmqClaim(GroupClaim):
             self._last_tag = 0
 
     async def give_back(self) -> None:
-        """Return the records read to the queue before the claim is released."""
+        """Return the records read to the queue before the claim is released, and count the
+        records then, on this channel: RabbitMQ orders the count after the requeue only on
+        the channel that sent both."""
         if self._last_tag:
             await self._channel.basic_nack(self._last_tag, multiple=True, requeue=True)
             self._last_tag = 0
+            ok = await self._channel.queue_declare(
+                records_queue(self._member.id),
+                durable=True,
+                arguments=_arguments(self._member),
+                timeout=self._timeout,
+            )
+            self.count_after_release = int(ok.message_count or 0) if ok is not None else None
 
 
 class RabbitmqGroups(GroupSupport):
