@@ -112,7 +112,8 @@ class Settings:
     latency_gap: float
     threads: list[int]
     drain_threads: int
-    baseline: str | None
+    #: Other checkouts of aqueue whose aqueue-sync also runs in the threads section.
+    baselines: list[str]
     only: list[str]
     peers: list[str]
     json_path: str | None
@@ -1002,6 +1003,13 @@ def show(sample: Sample) -> None:
     )
 
 
+def baseline_side(settings: Settings, baseline: str) -> str:
+    """The side name of a ``--baseline`` checkout: one is ``aqueue-sync-baseline``."""
+    if len(settings.baselines) == 1:
+        return "aqueue-sync-baseline"
+    return f"aqueue-sync-{Path(baseline).resolve().name}"
+
+
 async def run(settings: Settings) -> Results:
     results = Results()
     peers = [
@@ -1028,7 +1036,7 @@ async def run(settings: Settings) -> Results:
             if "dramatiq" in settings.peers:
                 sides.append("dramatiq")
             for round_ in range(1, settings.repeat + 1):
-                if settings.baseline:
+                for baseline in settings.baselines:
                     sample = await drain_process(
                         settings,
                         PEERS["aqueue-sync"],
@@ -1036,8 +1044,8 @@ async def run(settings: Settings) -> Results:
                         tmp,
                         threads=threads,
                         benchmark="threads",
-                        side="aqueue-sync-baseline",
-                        pythonpath=settings.baseline,
+                        side=baseline_side(settings, baseline),
+                        pythonpath=baseline,
                     )
                     results.samples.append(sample)
                     show(sample)
@@ -1307,7 +1315,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument(
         "--baseline",
         metavar="DIR",
-        help="threads section: also run aqueue-sync from this checkout (before/after)",
+        help="threads section: also run aqueue-sync from this checkout (before/after); "
+        "several, comma-separated, are sides aqueue-sync-<directory name>",
     )
     parser.add_argument(
         "--only", default=",".join(SECTIONS), help=f"sections to run, of {','.join(SECTIONS)}"
@@ -1336,7 +1345,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         latency_gap=args.latency_gap,
         threads=[int(t) for t in args.threads.split(",") if t.strip()],
         drain_threads=args.drain_threads,
-        baseline=args.baseline,
+        baselines=[d.strip() for d in (args.baseline or "").split(",") if d.strip()],
         only=only,
         peers=peers,
         json_path=args.json_path,
