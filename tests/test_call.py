@@ -250,10 +250,12 @@ async def test_calls_use_the_publishing_connection_and_no_queue(queue_name: str)
             assert channels_of_pid(pid) <= channels
             assert _amqp_sockets() <= sockets
             assert caller.consuming_connection is None  # the caller holds one connection
-            # Other tests may run meanwhile: only names like theirs (a random hex suffix)
-            # may have appeared; not a server-named (amq.gen-...) nor a fixed-name queue.
+            # Other tests may run meanwhile: only names like theirs (a random hex suffix, or
+            # the limit and group queues of such names) may have appeared; not a
+            # server-named (amq.gen-...) nor a fixed-name queue.
             new = _queue_names() - queues
-            assert all(re.fullmatch(r"[a-z][a-z-]*-[0-9a-f]{8,}(\.\w+)*", n) for n in new), new
+            theirs = r"(aqueue\.(limit|group)\.)?([a-z][a-z-]*-)?[0-9a-f]{8,}[\w.-]*"
+            assert all(re.fullmatch(theirs, n) for n in new), new
         replies = caller._reply_channel
         assert replies is not None and replies.address.startswith("amq.rabbitmq.reply-to.")
     finally:
