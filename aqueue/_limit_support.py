@@ -1,8 +1,8 @@
 """What a broker offers the :class:`~aqueue.middleware.Limits` middleware: tokens.
 
-A limit's run takes one token of each kind it needs (:meth:`Limit.tokens`): a concurrency
-token, held while the message runs and given back after it, and a rate token, which comes
-back by itself a period after it was taken. RabbitMQ brokers keep tokens in queues (a
+A limit's run takes one token of each kind it needs (:meth:`Limit.tokens`), holds it while
+the message runs and releases it after: a concurrency token is free again at once, a rate
+token a period later. RabbitMQ brokers keep tokens in queues (a
 dead worker's held tokens return when its channel closes), the in-memory broker in
 counters of its process.
 """
@@ -21,8 +21,9 @@ class TokenHold(abc.ABC):
     """A token taken for one run."""
 
     @abc.abstractmethod
-    async def release(self) -> None:
-        """Give the token back (for a rate token, nothing: it comes back by itself).
+    async def release(self, *, used: bool = True) -> None:
+        """Give the token back: a concurrency token is free at once; a rate token that was
+        ``used`` (its run may have started) a period later, else at once.
 
         Idempotent, bounded and never raises: a token that cannot be given back (its
         channel closed) was returned by the broker already.

@@ -52,8 +52,9 @@ class Rate:
 
 @dataclass(frozen=True)
 class Tokens:
-    """One kind of token a limit needs per run: ``"concurrency"`` (held while the message
-    runs) or ``"rate"`` (returned ``period`` seconds after it was taken)."""
+    """One kind of token a limit needs per run, held while the message runs:
+    ``"concurrency"`` (free again when the run ends) or ``"rate"`` (free again ``period``
+    seconds after the run ended)."""
 
     limit: str
     kind: str

@@ -661,7 +661,11 @@ async def drain_aqueue_inprocess(
         return Sample(benchmark, side, round_, count, 0, 0, error=str(exc)[:500])
     finally:
         await broker.close()
-        tokens = [] if limit is None else [f"aqueue.limit.{t.key}" for t in limit.tokens()]
+        tokens = (
+            []
+            if limit is None
+            else [f"aqueue.limit.{t.key}{end}" for t in limit.tokens() for end in ("", ".filled")]
+        )
         await delete_topology(settings.url, [queue, f"{queue}.XQ", *tokens])
 
 

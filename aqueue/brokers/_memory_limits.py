@@ -15,12 +15,13 @@ __all__ = ["MemoryLimits"]
 
 
 class _Pool:
-    """A limit's tokens of one kind: how many are held, or when each of the last were taken."""
+    """A limit's tokens of one kind: how many are held, and for a rate, when each of the
+    last used ones was released (it is free a period after)."""
 
     def __init__(self, tokens: Tokens) -> None:
         self.tokens = tokens
         self.held = 0
-        self.taken_at: collections.deque[float] = collections.deque()  # rate: oldest first
+        self.released_at: collections.deque[float] = collections.deque()  # oldest first
         self.changed = asyncio.Condition()
         self.loop = asyncio.get_running_loop()
 
@@ -29,11 +30,11 @@ class _Pool:
         tokens = self.tokens
         if tokens.kind == "concurrency":
             return now if self.held < tokens.count else math.inf
-        while self.taken_at and self.taken_at[0] + tokens.period <= now:
-            self.taken_at.popleft()
-        if len(self.taken_at) < tokens.count:
+        while self.released_at and self.released_at[0] + tokens.period <= now:
+            self.released_at.popleft()
+        if self.held + len(self.released_at) < tokens.count:
             return now
-        return self.taken_at[0] + tokens.period
+        return self.released_at[0] + tokens.period if self.released_at else math.inf
 
     async def take(self, wait: float) -> TokenHold | None:
         loop = asyncio.get_running_loop()
@@ -43,30 +44,29 @@ class _Pool:
                 now = loop.time()
                 free_at = self.available_at(now)
                 if free_at <= now:
-                    if self.tokens.kind == "concurrency":
-                        self.held += 1
-                        return _MemoryHold(self)
-                    self.taken_at.append(now)
-                    return _MemoryHold(None)
+                    self.held += 1
+                    return _MemoryHold(self)
                 if now >= deadline:
                     return None
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), min(free_at, deadline) - now)
 
-    async def release(self) -> None:
+    async def release(self, used: bool) -> None:
         async with self.changed:
             self.held -= 1
+            if used and self.tokens.kind == "rate":
+                self.released_at.append(asyncio.get_running_loop().time())
             self.changed.notify_all()
 
 
 class _MemoryHold(TokenHold):
-    def __init__(self, pool: _Pool | None) -> None:
-        self._pool = pool
+    def __init__(self, pool: _Pool) -> None:
+        self._pool: _Pool | None = pool
 
-    async def release(self) -> None:
+    async def release(self, *, used: bool = True) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.release()
+            await pool.release(used)
 
 
 class MemoryLimits(LimitSupport):

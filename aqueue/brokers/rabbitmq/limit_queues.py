@@ -1,5 +1,14 @@
 """The queues of a pool of limit tokens: names, arguments, and their declaration and filling.
 
+A pool is filled by the process that finds it not ready while it holds
+``aqueue.limit.<key>.lock``, an exclusive queue (one connection at a time may declare it;
+it goes when that connection closes). Filled means: the token queue (and the park queue
+of a rate) declared and emptied, ``count`` tokens published and confirmed, then the marker
+queue ``aqueue.limit.<key>.filled`` declared. A pool without its marker (its filler died,
+or a publish failed, half way) is not ready: no token is taken from it, and the next
+process to use it empties and fills it again. All of them expire after a week unused
+(``x-expires``): the pools of numbers changed in code go away by themselves.
+
 How the tokens move between these queues is in :mod:`.limits`.
 """
 
@@ -22,9 +31,11 @@ from .errors import CONNECTION_ERRORS_OR_TIMEOUT, describe_error
 __all__ = [
     "LimitSetupError",
     "declare_token_queues",
+    "fill_under_lock",
+    "filled_queue_name",
     "park_queue_name",
+    "pool_is_ready",
     "token_queue_name",
-    "token_queues_exist",
 ]
 
 log = logging.getLogger("aqueue.limits")
@@ -51,10 +62,16 @@ def park_queue_name(tokens: Tokens) -> str:
     return PREFIX + tokens.key + ".park"
 
 
+def filled_queue_name(tokens: Tokens) -> str:
+    """The empty queue whose existence says the pool was filled completely."""
+    return PREFIX + tokens.key + ".filled"
+
+
 def park_ttl_ms(period: float) -> int:
-    """A used rate token's time in the park: the period and a margin (a tenth, 1 s at most)."""
-    period_ms = round(period * 1000)
-    return period_ms + min(max(period_ms // 10, 20), 1000)
+    """A used rate token's time in the park: the period, and 10 ms for RabbitMQ's expiry
+    in whole milliseconds. The token was parked after its run ended, so the next run that
+    takes it starts over a period after that run started."""
+    return round(period * 1000) + 10
 
 
 def _arguments(tokens: Tokens) -> dict[str, dict[str, Any]]:
@@ -83,11 +100,13 @@ class LimitSetupError(AqueueError):
     """A limit's token queues could not be declared as needed."""
 
 
-async def token_queues_exist(open_channel: OpenChannel, tokens: Tokens) -> bool:
-    """Whether the pool's token queue exists (a passive declare, on a channel of its own)."""
+async def pool_is_ready(open_channel: OpenChannel, tokens: Tokens) -> bool:
+    """Whether the pool was filled completely and its token queue exists (passive
+    declares, on a channel of their own)."""
     channel = await open_channel()
     try:
         with anyio.fail_after(RPC_TIMEOUT):
+            await channel.queue_declare(filled_queue_name(tokens), passive=True)
             await channel.queue_declare(token_queue_name(tokens), passive=True)
     except aiormq.exceptions.ChannelNotFoundEntity:
         return False
@@ -96,16 +115,21 @@ async def token_queues_exist(open_channel: OpenChannel, tokens: Tokens) -> bool:
     return True
 
 
-async def declare_token_queues(open_channel: OpenChannel, tokens: Tokens) -> None:
-    """Declare the pool's queues (which renews their expiry).
+async def declare_token_queues(
+    open_channel: OpenChannel, tokens: Tokens, *, filled: bool = True
+) -> None:
+    """Declare the pool's queues (which renews their expiry), its marker too if ``filled``.
 
     Raises:
         LimitSetupError: one exists with other arguments.
     """
+    queues = _arguments(tokens)
+    if filled:
+        queues[filled_queue_name(tokens)] = {"x-queue-type": "classic", "x-expires": EXPIRES_MS}
     channel = await open_channel()
     try:
         with anyio.fail_after(RPC_TIMEOUT):
-            for queue, arguments in _arguments(tokens).items():
+            for queue, arguments in queues.items():
                 await channel.queue_declare(queue, durable=True, arguments=arguments)
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         raise LimitSetupError(
@@ -127,8 +151,22 @@ async def _close(channel: aiormq.abc.AbstractChannel) -> None:
             log.debug("closing a channel failed (%s): it goes with its connection", exc)
 
 
+async def _purge(open_channel: OpenChannel, tokens: Tokens) -> None:
+    """Empty the pool's queues (on a channel of their own: not the lock's, which a timeout
+    would close, keeping the lock until the connection closes)."""
+    channel = await open_channel()
+    try:
+        with anyio.fail_after(RPC_TIMEOUT):
+            for queue in _arguments(tokens):  # the park queue first: it feeds the other
+                await channel.queue_purge(queue)
+    finally:
+        await _close(channel)
+
+
 async def fill_under_lock(open_channel: OpenChannel, tokens: Tokens, publish: Publish) -> None:
-    """Declare and fill the pool's token queue if it is missing, holding its lock queue."""
+    """Fill the pool if it is not ready, holding its lock queue: its queues declared and
+    emptied (of the tokens of a fill that did not end), ``count`` tokens published, then
+    its marker declared."""
     lock = PREFIX + tokens.key + ".lock"
     deadline = time.monotonic() + LOCK_TIMEOUT
     pause = 0.02
@@ -150,13 +188,15 @@ async def fill_under_lock(open_channel: OpenChannel, tokens: Tokens, publish: Pu
             await _close(channel)
             raise
     try:
-        if not await token_queues_exist(open_channel, tokens):
-            await declare_token_queues(open_channel, tokens)
+        if not await pool_is_ready(open_channel, tokens):
+            await declare_token_queues(open_channel, tokens, filled=False)
             queue = token_queue_name(tokens)
+            await _purge(open_channel, tokens)
             for i in range(0, tokens.count, 100):
                 await asyncio.gather(
                     *(publish(queue, n) for n in range(i, min(tokens.count, i + 100)))
                 )
+            await declare_token_queues(open_channel, tokens)
             log.info("limit %s: filled %s with %d tokens", tokens.limit, queue, tokens.count)
     finally:
         try:
