@@ -82,19 +82,28 @@ class _RabbitmqClaim(GroupClaim):
             self._last_tag = 0
 
     async def give_back(self) -> None:
-        """Return the records read to the queue before the claim is released, and count the
-        records then, on this channel: RabbitMQ orders the count after the requeue only on
-        the channel that sent both."""
+        """Return the records read to the queue before the claim is released."""
         if self._last_tag:
             await self._channel.basic_nack(self._last_tag, multiple=True, requeue=True)
             self._last_tag = 0
-            ok = await self._channel.queue_declare(
-                records_queue(self._member.id),
-                durable=True,
-                arguments=_arguments(self._member),
-                timeout=self._timeout,
-            )
-            self.count_after_release = int(ok.message_count or 0) if ok is not None else None
+
+    async def count(self) -> None:
+        """Count the records once the claim is released, after the requeue of those read.
+
+        Not with a declare: a classic queue answers its ``stat`` before the requeues it has
+        not handled yet (it prioritises it), so the count could miss them. A ``basic.get``
+        on the channel that sent the requeue comes after it; its ``message_count`` is what
+        is left behind the message it got, which goes straight back.
+        """
+        got = await self._channel.basic_get(
+            records_queue(self._member.id), no_ack=False, timeout=self._timeout
+        )
+        if not isinstance(got.delivery, Basic.GetOk):
+            self.count_after_release = 0
+            return
+        self.count_after_release = int(got.delivery.message_count or 0) + 1
+        if got.delivery.delivery_tag is not None:
+            await self._channel.basic_nack(got.delivery.delivery_tag, requeue=True)
 
 
 class RabbitmqGroups(GroupSupport):
@@ -159,6 +168,7 @@ class RabbitmqGroups(GroupSupport):
             try:
                 await claim.give_back()
                 await channel.queue_delete(name, timeout=self.publish_timeout)
+                await claim.count()
                 await channel.close()
             except Exception:
                 await self._delete_claim(name)
