@@ -3,43 +3,19 @@ and purging ``<queue>.XQ``."""
 
 from __future__ import annotations
 
-import abc
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from ...broker import Delivery
 from ...dead_letters import DeadLetter, body_message_id, dead_letter_filter, replay_message
-from ...message import Message
 from ...topology import dead_letter_queue_name
 from .acker import _RabbitmqDelivery
-from .connections import RoleConnection
+from .broker_parts import BrokerParts
 from .dead_letters import read_dead_letters, take_dead_letters
 
 
-class DeadLetterQueues(abc.ABC):
+class DeadLetterQueues(BrokerParts):
     """The dead-letter methods of :class:`~aqueue.RabbitmqBroker`."""
-
-    @property
-    @abc.abstractmethod
-    def _control(self) -> RoleConnection: ...
-
-    @abc.abstractmethod
-    async def declare_queue(self, queue_name: str) -> None: ...
-
-    @abc.abstractmethod
-    async def publish(
-        self,
-        routing_key: str,
-        body: bytes,
-        *,
-        message_id: str,
-        headers: dict[str, Any] | None = None,
-        exchange: str = "",
-    ) -> None: ...
-
-    @abc.abstractmethod
-    async def _publish_message(self, message: Message, delay: float | None) -> None: ...
 
     async def dead_letter(
         self, queue_name: str, delivery: Delivery, reason: dict[str, str]

@@ -8,13 +8,12 @@ anything.
 
 from __future__ import annotations
 
-import abc
 import uuid
 from typing import Any
 
 import aiormq
 
-from .connections import RoleConnection
+from .broker_parts import BrokerParts
 from .single import publish_declared
 
 __all__ = ["EventStreams", "declare_stream", "stream_arguments"]
@@ -39,26 +38,11 @@ async def declare_stream(
     )
 
 
-class EventStreams(abc.ABC):
+class EventStreams(BrokerParts):
     """The task-events method of :class:`~aqueue.RabbitmqBroker`."""
 
     #: Streams this broker declared (an instance's own set once it declared one).
     _declared_streams: frozenset[str] = frozenset()
-
-    @property
-    @abc.abstractmethod
-    def _control(self) -> RoleConnection: ...
-
-    @abc.abstractmethod
-    async def publish(
-        self,
-        routing_key: str,
-        body: bytes,
-        *,
-        message_id: str,
-        headers: dict[str, Any] | None = None,
-        exchange: str = "",
-    ) -> None: ...
 
     async def publish_events(
         self, stream: str, body: bytes, *, max_age: str, max_bytes: int

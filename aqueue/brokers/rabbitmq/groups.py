@@ -20,7 +20,6 @@ the queue keeps only the done record (and any later duplicate) until it expires.
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import logging
@@ -32,7 +31,7 @@ from pamqp.commands import Basic
 
 from ..._groups import GroupClaim, GroupMember, GroupSupport
 from ...errors import BrokerConnectionError
-from .connections import RoleConnection
+from .broker_parts import BrokerParts
 
 __all__ = ["RabbitmqGroups", "claim_queue", "records_queue"]
 
@@ -106,29 +105,8 @@ class _RabbitmqClaim(GroupClaim):
             await self._channel.basic_nack(got.delivery.delivery_tag, requeue=True)
 
 
-class RabbitmqGroups(GroupSupport):
+class RabbitmqGroups(BrokerParts, GroupSupport):
     """The group methods of :class:`~aqueue.RabbitmqBroker`."""
-
-    publish_timeout: float
-
-    @property
-    @abc.abstractmethod
-    def _control(self) -> RoleConnection: ...
-
-    @abc.abstractmethod
-    async def _channel_for_topology(self) -> aiormq.abc.AbstractChannel: ...
-
-    @abc.abstractmethod
-    async def publish(
-        self,
-        routing_key: str,
-        body: bytes,
-        *,
-        message_id: str,
-        headers: dict[str, Any] | None = None,
-        exchange: str = "",
-        priority: int | None = None,
-    ) -> None: ...
 
     async def _declare_records(self, member: GroupMember) -> int:
         channel = await self._channel_for_topology()

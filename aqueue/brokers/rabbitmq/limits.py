@@ -27,7 +27,6 @@ The tokens move inside RabbitMQ; no client publishes them back, so their number 
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import collections
 import functools
@@ -43,7 +42,7 @@ from pamqp import commands as spec
 
 from ..._limit_support import LimitSupport, TokenHold
 from ...limits import Tokens
-from .connections import RoleConnection
+from .broker_parts import BrokerParts
 from .errors import CONNECTION_ERRORS_OR_TIMEOUT
 from .limit_queues import (
     RPC_TIMEOUT,
@@ -285,23 +284,11 @@ class _Pool:
             )
 
 
-class RabbitmqLimits(LimitSupport):
+class RabbitmqLimits(BrokerParts, LimitSupport):
     """The limit methods of :class:`~aqueue.RabbitmqBroker`."""
 
-    _consuming: RoleConnection
     #: Pools this broker used (an instance's own dict once it used one).
     _limit_pools: dict[str, _Pool] | None = None
-
-    @abc.abstractmethod
-    async def publish(
-        self,
-        routing_key: str,
-        body: bytes,
-        *,
-        message_id: str,
-        headers: dict[str, Any] | None = None,
-        exchange: str = "",
-    ) -> None: ...
 
     def _pool(self, tokens: Tokens) -> _Pool:
         if self._limit_pools is None:

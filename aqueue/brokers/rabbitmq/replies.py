@@ -21,6 +21,7 @@ from pamqp.commands import Basic
 
 from ..._replies import ReplySupport
 from ...errors import BrokerConnectionError, BrokerError
+from .broker_parts import BrokerParts
 from .connections import RoleConnection
 
 __all__ = ["DIRECT_REPLY_TO", "DirectReplyTo"]
@@ -106,11 +107,9 @@ async def _probe_address(channel: aiormq.abc.AbstractChannel) -> str:
     raise BrokerError("RabbitMQ did not say this channel's Direct Reply-To address")
 
 
-class DirectReplyTo(ReplySupport):
+class DirectReplyTo(BrokerParts, ReplySupport):
     """The reply methods of :class:`~aqueue.RabbitmqBroker`."""
 
-    _publishing: RoleConnection
-    publish_timeout: float
     _reply_channel: _ReplyChannel | None = None
 
     def _replies(self) -> _ReplyChannel:

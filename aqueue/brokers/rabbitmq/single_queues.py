@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import abc
-from typing import Any
-
 import aiormq
 
 from ...broker import Consumer, DeliveryHandler
-from ...topology import QueueType
-from .connections import RoleConnection
+from .broker_parts import BrokerParts
 from .consumer import QueueConsumer
 from .single import (
     LATEST_ONLY_ARGUMENTS,
@@ -20,32 +16,8 @@ from .single import (
 )
 
 
-class SingleQueues(abc.ABC):
+class SingleQueues(BrokerParts):
     """The single-queue methods of :class:`~aqueue.RabbitmqBroker`."""
-
-    _consuming: RoleConnection
-    _consumers: list[QueueConsumer]
-
-    @property
-    @abc.abstractmethod
-    def _control(self) -> RoleConnection: ...
-
-    @abc.abstractmethod
-    async def _channel_for_topology(self) -> aiormq.abc.AbstractChannel: ...
-
-    @abc.abstractmethod
-    def queue_type_of(self, queue_name: str) -> QueueType: ...
-
-    @abc.abstractmethod
-    async def publish(
-        self,
-        routing_key: str,
-        body: bytes,
-        *,
-        message_id: str,
-        headers: dict[str, Any] | None = None,
-        exchange: str = "",
-    ) -> None: ...
 
     async def consume_single(self, queue_name: str, *, handler: DeliveryHandler) -> Consumer:
         """:meth:`Broker.consume_single`, declared with ``x-single-active-consumer``."""
