@@ -266,6 +266,12 @@ async def test_limits_hold_across_two_worker_processes_and_a_killed_worker_leaks
         for name in ("bounded", "paced", "hog")
     )
     try:
+        # Both workers consume before anything is sent: else the first one up may take all.
+        await broker.declare_queue(queue_name)
+        deadline = time.monotonic() + 30
+        while (info := await broker.queue_info(queue_name)) is None or info.consumers < 2:
+            assert time.monotonic() < deadline, "the two workers did not start consuming"
+            await asyncio.sleep(0.05)
         await bounded.send_many([(i,) for i in range(12)])
         await paced.send_many([(i,) for i in range(12)])
         await _wait_until(
