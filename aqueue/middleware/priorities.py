@@ -44,7 +44,8 @@ class Priorities(Middleware):
             to 255 (RabbitMQ recommends at most 10). Actor only.
         priority: The message's priority, an int from 0 (the default) to the queue's
             ``max_priority``; per message, or on the actor as the default of its messages.
-            Checked when sending (:class:`~aqueue.ValidationError`).
+            Checked when sending (:class:`~aqueue.ValidationError`) against the actors of
+            the queue this process knows; for a queue it knows no actor of, RabbitMQ caps it.
     """
 
     actor_options: ClassVar[frozenset[str]] = frozenset({"max_priority", "priority"})
