@@ -34,6 +34,7 @@ from .declarations import Declarations
 from .events import EventStreams
 from .groups import RabbitmqGroups
 from .limits import RabbitmqLimits
+from .publish_batches import Outgoing
 from .publisher import Publisher
 from .replies import DirectReplyTo
 from .server import ServerVersion
@@ -294,8 +295,37 @@ class RabbitmqBroker(
             self._dramatiq.options_from_wire(message, known)
 
     async def _publish_message(self, message: Message, delay: float | None) -> None:
+        try:
+            await self._publisher.publish_item(await self._outgoing(message, delay))
+        except UnroutableError:
+            # The queue was deleted behind our back: declare it again and retry once.
+            await self._publisher.publish_item(await self._outgoing(message, delay, again=True))
+
+    async def _publish_messages(
+        self, messages: Sequence[Message], delay: float | None
+    ) -> Sequence[BaseException | None]:
+        # Encoded (and so size-checked) before anything is published.
+        items = [await self._outgoing(message, delay) for message in messages]
+        errors: list[BaseException | None] = list(await self._publisher.publish_many(items))
+        lost = [i for i, error in enumerate(errors) if isinstance(error, UnroutableError)]
+        if lost:
+            again = await asyncio.gather(
+                *(self._publish_message(messages[i], delay) for i in lost),
+                return_exceptions=True,
+            )
+            for i, error in zip(lost, again, strict=True):
+                errors[i] = error
+        return errors
+
+    async def _outgoing(
+        self, message: Message, delay: float | None, *, again: bool = False
+    ) -> Outgoing:
+        """The encoded message and its route (a delay level if delayed), its queue declared
+        (``again``: declared anew, after it was found missing)."""
         body = self._encode(message)
         queue_name = message.queue_name
+        if again:
+            self._declarations.forget_queue(queue_name)
         await self.declare_queue(queue_name)
         delay_ms = 0 if delay is None else math.ceil(delay * 1000)
         kind = self.queue_type_of(queue_name)
@@ -304,29 +334,9 @@ class RabbitmqBroker(
             exchange, routing_key = delay_route(queue_name, delay_ms, kind)
         else:
             exchange, routing_key = "", queue_name
-
-        priority = priority_of(self, message)
-        try:
-            await self.publish(
-                routing_key,
-                body,
-                message_id=message.message_id,
-                exchange=exchange,
-                priority=priority,
-            )
-        except UnroutableError:
-            # The queue was deleted behind our back: declare it again and retry once.
-            self._declarations.forget_queue(queue_name)
-            await self.declare_queue(queue_name)
-            if delay_ms > 0:
-                await self._declarations.delay_levels(kind)
-            await self.publish(
-                routing_key,
-                body,
-                message_id=message.message_id,
-                exchange=exchange,
-                priority=priority,
-            )
+        return Outgoing(
+            routing_key, body, message.message_id, exchange, priority=priority_of(self, message)
+        )
 
     async def publish(
         self,

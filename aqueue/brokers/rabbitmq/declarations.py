@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -49,6 +50,13 @@ from .errors import CONNECTION_ERRORS, describe_error
 from .server import ServerVersion, default_delivery_limit, format_version
 
 log = logging.getLogger("aqueue.brokers.rabbitmq")
+
+# Channel errors that are RabbitMQ's answer to this declaration, not a lost connection.
+_REFUSALS = (
+    aiormq.exceptions.ChannelAccessRefused,
+    aiormq.exceptions.ChannelNotFoundEntity,
+    aiormq.exceptions.ChannelLockedResource,
+)
 
 _DELAYS = "aqueue.delay."  # key prefix in Declarations._done; no queue has such a name
 #: The first RabbitMQ whose quorum queues prioritise messages (two levels, no x-max-priority).
@@ -116,41 +124,50 @@ class Declarations:
         await self._once(_DELAYS + queue_type, lambda: self._declare_delay_levels(queue_type))
 
     async def _once(self, key: str, declare: Callable[[], Awaitable[None]]) -> None:
-        done = self._done.get(key)
-        if done is None:
-            done = asyncio.ensure_future(declare())
-            self._done[key] = done
+        # Bounded like a publish: while the connection is down, or lost in the middle of
+        # a declaration, this waits for it and declares again, until the timeout.
+        deadline = time.monotonic() + self._timeout
+        while True:
+            done = self._done.get(key)
+            if done is None:
+                done = asyncio.ensure_future(declare())
+                self._done[key] = done
 
-            def forget_failure(future: asyncio.Future[None]) -> None:
-                if (future.cancelled() or future.exception()) and self._done.get(key) is future:
-                    del self._done[key]
+                def forget_failure(future: asyncio.Future[None], key: str = key) -> None:
+                    if (future.cancelled() or future.exception()) and self._done.get(key) is future:
+                        del self._done[key]
 
-            done.add_done_callback(forget_failure)
-        elif done.done() and not done.cancelled() and done.exception() is None:
-            return
-        try:
-            # Bounded like a publish: while the connection is down this waits for it.
-            await asyncio.wait_for(asyncio.shield(done), self._timeout)
-        except asyncio.TimeoutError:
-            raise BrokerConnectionError(
-                f"RabbitMQ at {self._describe_node()} did not answer within "
-                f"{self._timeout} s while declaring {key!r}"
-            ) from None
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            clash = parse_clash(exc)
-            if clash is not None:
-                raise BrokerError(
-                    describe_clash(clash, dramatiq_compat=self.dramatiq_compat)
+                done.add_done_callback(forget_failure)
+            elif done.done() and not done.cancelled() and done.exception() is None:
+                return
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(done), max(deadline - time.monotonic(), 0.001)
+                )
+                return
+            except asyncio.TimeoutError:
+                raise BrokerConnectionError(
+                    f"RabbitMQ at {self._describe_node()} did not answer within "
+                    f"{self._timeout} s while declaring {key!r}"
                 ) from None
-            raise BrokerError(
-                f"RabbitMQ refused to declare {key!r} as aqueue does (it exists with other "
-                f"arguments, e.g. another queue type): {exc}"
-            ) from None
-        except CONNECTION_ERRORS as exc:
-            raise BrokerConnectionError(
-                f"lost RabbitMQ at {self._describe_node()} while declaring {key!r}: "
-                f"{describe_error(exc)}"
-            ) from None
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                clash = parse_clash(exc)
+                if clash is not None:
+                    raise BrokerError(
+                        describe_clash(clash, dramatiq_compat=self.dramatiq_compat)
+                    ) from None
+                raise BrokerError(
+                    f"RabbitMQ refused to declare {key!r} as aqueue does (it exists with "
+                    f"other arguments, e.g. another queue type): {exc}"
+                ) from None
+            except CONNECTION_ERRORS as exc:
+                if isinstance(exc, _REFUSALS) or time.monotonic() >= deadline:
+                    raise BrokerConnectionError(
+                        f"lost RabbitMQ at {self._describe_node()} while declaring {key!r}: "
+                        f"{describe_error(exc)}"
+                    ) from None
+                log.debug("declaring %r interrupted (%r); declaring again", key, exc)
+                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     async def _declare_queue(self, queue_name: str) -> None:
         kind = self._queue_type_of(queue_name)
