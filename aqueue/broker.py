@@ -274,6 +274,8 @@ class Broker(InFlightTracking, SchedulingSupport, ReplySupport, LimitSupport, Gr
     ) -> Sequence[BaseException | None]:
         """Publish ``messages`` concurrently; each one's error, or None once confirmed.
         A broker that can pipeline publishes more cheaply overrides it."""
+        for message in messages:
+            self._encode(message)  # every size checked before anything is published
         return await asyncio.gather(
             *(self._publish_message(message, delay) for message in messages),
             return_exceptions=True,

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -144,20 +145,18 @@ async def test_send_many_declares_a_queue_deleted_behind_its_back(
 
 
 async def test_a_message_too_large_fails_the_batch_before_anything_is_published(
-    rabbit: RabbitAdmin, queue_name: str
+    make_broker: Callable[..., aqueue.Broker], queue_name: str
 ) -> None:
-    broker = aqueue.RabbitmqBroker(RABBITMQ_URL, max_message_size=10_000)
-    try:
+    broker = make_broker(max_message_size=10_000)
 
-        @broker.actor(queue_name=queue_name)
-        async def task(text: str) -> None: ...
+    @broker.actor(queue_name=queue_name)
+    async def task(text: str) -> None: ...
 
-        await broker.declare_queue(queue_name)
-        with pytest.raises(aqueue.ValidationError, match="max_message_size"):
-            await task.send_many([("a",), ("b" * 20_000,), ("c",)])
-        assert await rabbit.count(queue_name) == 0
-    finally:
-        await broker.close()
+    await task.send("warm-up")
+    with pytest.raises(aqueue.ValidationError, match="max_message_size"):
+        await task.send_many([("a",), ("b" * 20_000,), ("c",)])
+    info = await broker.queue_info(queue_name)
+    assert info is not None and info.ready == 1
 
 
 async def test_without_aiormqs_internals_send_many_publishes_one_by_one(

@@ -161,7 +161,8 @@ class Declarations:
                     f"other arguments, e.g. another queue type): {exc}"
                 ) from None
             except CONNECTION_ERRORS as exc:
-                if isinstance(exc, _REFUSALS) or time.monotonic() >= deadline:
+                # BrokerError: connect() itself gave up, after its own attempts.
+                if isinstance(exc, (*_REFUSALS, BrokerError)) or time.monotonic() >= deadline:
                     raise BrokerConnectionError(
                         f"lost RabbitMQ at {self._describe_node()} while declaring {key!r}: "
                         f"{describe_error(exc)}"
