@@ -117,6 +117,8 @@ class Settings:
     only: list[str]
     peers: list[str]
     json_path: str | None
+    #: The benchmark process's own event loop: its sends, latency senders, in-process drains.
+    process_loop: str = "asyncio"
 
 
 @dataclass
@@ -1331,6 +1333,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="drain peers (aqueue and raw always; exp: the aiormq experiments)",
     )
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="write results here")
+    parser.add_argument(
+        "--process-loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop of this process: the send sides, the latency senders and the "
+        "in-process drains run on it (uvicorn runs a FastAPI app on uvloop when installed)",
+    )
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := set(only) - set(SECTIONS):
@@ -1353,6 +1362,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         only=only,
         peers=peers,
         json_path=args.json_path,
+        process_loop=args.process_loop,
     )
 
 
@@ -1362,7 +1372,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     env_before = environment()
     print(f"environment: {env_before}", flush=True)
-    results = asyncio.run(run(settings))
+    if settings.process_loop == "uvloop":
+        import uvloop
+
+        results = uvloop.run(run(settings))
+    else:
+        results = asyncio.run(run(settings))
+    for sample in results.samples:
+        if sample.loop is None:  # measured in this process
+            in_thread = sample.side == "dramatiq"
+            sample.loop = "thread" if in_thread else settings.process_loop
     table = summarize(results)
     rows = print_report(settings, results, table)
     print(f"\ntotal time {time.monotonic() - started:.0f} s")
