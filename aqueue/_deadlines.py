@@ -9,6 +9,8 @@ import sys
 from collections.abc import Awaitable
 from typing import Any
 
+from .errors import TimeLimitExceeded
+
 
 class DeadlineExceeded(Exception):
     """The awaited call ran past its deadline and was cancelled."""
@@ -84,3 +86,8 @@ class Deadlines:
         """Drop the entries of finished tasks (they wait in the heap until their deadline)."""
         self._heap = [entry for entry in self._heap if self._live.get(entry[2]) == entry[0]]
         heapq.heapify(self._heap)
+
+
+def time_limit_exceeded(actor_name: str, limit: float | None) -> TimeLimitExceeded:
+    """The error of an actor that ran past its time limit."""
+    return TimeLimitExceeded(f"actor {actor_name} exceeded its time limit of {limit} s")

@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from ._deadlines import DeadlineExceeded, Deadlines
+from ._deadlines import DeadlineExceeded, Deadlines, time_limit_exceeded
 from ._decoding import REJECTIONS, MessageTooLarge, bind_message, decode_message, rejection_reason
 from ._failures import FAILED, failure_headers, now_iso
 from ._plans import QueuePlan
@@ -62,6 +62,7 @@ class MessageProcessor:
         self._before_process: list[Middleware] = []
         self._after_process: list[Middleware] = []
         self._after_skip: list[Middleware] = []
+        self._after_reject: list[Middleware] = []
         self._time_limit: TimeLimit | None = None
         self._message_options: frozenset[str] = frozenset()
         self._deadlines = Deadlines()
@@ -76,6 +77,7 @@ class MessageProcessor:
         self._before_process = [m for m in stack if overrides(m, "before_process_message")]
         self._after_process = [m for m in stack if overrides(m, "after_process_message")]
         self._after_skip = [m for m in stack if overrides(m, "after_skip_message")]
+        self._after_reject = [m for m in stack if overrides(m, "after_reject_message")]
         self._time_limit = next((m for m in stack if isinstance(m, TimeLimit)), None)
         self._message_options = self.broker.actor_options - CORE_ACTOR_OPTIONS
 
@@ -121,8 +123,7 @@ class MessageProcessor:
                 self.broker, plan.name, message, self._message_options
             )
         except REJECTIONS as exc:
-            actor_name = None if message is None else message.actor_name
-            await self._reject(plan.name, delivery, exc, actor_name)
+            await self._reject(plan.name, delivery, exc, message)
             return
         self.broker._message_received(message)
         recent = self._recent
@@ -180,10 +181,10 @@ class MessageProcessor:
             try:
                 await self._skip(plan, delivery, context, skip)
             except Exception as exc:
-                await self._requeue_after_middleware_error(plan, delivery, message, exc)
+                await self._requeue_after_middleware_error(plan.name, delivery, message, exc)
             return
         except Exception as exc:
-            await self._requeue_after_middleware_error(plan, delivery, message, exc)
+            await self._requeue_after_middleware_error(plan.name, delivery, message, exc)
             return
 
         try:
@@ -210,7 +211,7 @@ class MessageProcessor:
                 await m.after_process_message(context)
         except Exception as exc:
             # E.g. a retry that could not be published: run the message again later.
-            await self._requeue_after_middleware_error(plan, delivery, message, exc)
+            await self._requeue_after_middleware_error(plan.name, delivery, message, exc)
             return
         await self._settle(plan, delivery, context)
         if started:
@@ -259,7 +260,7 @@ class MessageProcessor:
             await delivery.ack()
 
     async def _requeue_after_middleware_error(
-        self, plan: QueuePlan, delivery: Delivery, message: Message, exc: Exception
+        self, queue_name: str, delivery: Delivery, message: Message, exc: Exception
     ) -> None:
         log.error(
             "middleware failed on message %s (%s: %s); requeueing it",
@@ -269,7 +270,7 @@ class MessageProcessor:
             extra=_fields(message),
         )
         await anyio.sleep(1.0)  # no hot loop while, say, the broker cannot take a retry
-        await self._put_back(plan.name, delivery)
+        await self._put_back(queue_name, delivery)
 
     async def _settle(self, plan: QueuePlan, delivery: Delivery, context: MessageContext) -> None:
         """Ack a success or a scheduled retry; dead-letter a final failure."""
@@ -321,14 +322,14 @@ class MessageProcessor:
                 try:
                     return await self._deadlines.run(actor.fn(*args, **kwargs), time_limit)
                 except DeadlineExceeded:
-                    raise _time_limit_exceeded(actor.actor_name, time_limit) from None
+                    raise time_limit_exceeded(actor.actor_name, time_limit) from None
             call = functools.partial(actor.fn, *args, **kwargs)
             try:
                 return await self._threads.run(
                     call, time_limit=time_limit, skip=lambda: delivery.lost
                 )
             except TimeLimitExceeded:
-                raise _time_limit_exceeded(actor.actor_name, time_limit) from None
+                raise time_limit_exceeded(actor.actor_name, time_limit) from None
             except NotStarted:
                 raise _NotStarted from None
         finally:
@@ -354,9 +355,17 @@ class MessageProcessor:
             raise _NotStarted
 
     async def _reject(
-        self, queue_name: str, delivery: Delivery, exc: Exception, actor_name: str | None
+        self, queue_name: str, delivery: Delivery, exc: Exception, message: Message | None
     ) -> None:
         reason = rejection_reason(exc)
+        if message is not None:  # decoded, but it cannot run here
+            try:
+                for m in self._after_reject:
+                    await m.after_reject_message(self.broker, message, exc, reason)
+            except Exception as error:
+                await self._requeue_after_middleware_error(queue_name, delivery, message, error)
+                return
+        actor_name = None if message is None else message.actor_name
         log.error(
             "rejected a message from queue %s (%s): %s",
             queue_name,
@@ -381,10 +390,6 @@ class MessageProcessor:
             )
             await anyio.sleep(1.0)  # no hot loop if the dead-letter queue stays unreachable
             await self._put_back(queue_name, delivery)
-
-
-def _time_limit_exceeded(actor_name: str, limit: float | None) -> TimeLimitExceeded:
-    return TimeLimitExceeded(f"actor {actor_name} exceeded its time limit of {limit} s")
 
 
 def _fields(message: Message) -> dict[str, str]:

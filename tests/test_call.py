@@ -310,6 +310,30 @@ async def test_a_message_skipped_to_the_dead_letters_raises_actor_error(
     assert len(await broker.dead_letters(queue_name)) == 1
 
 
+async def test_a_call_the_worker_cannot_run_is_answered_at_once(
+    broker: aqueue.Broker, queue_name: str
+) -> None:
+    """A worker deployed without the actor dead-letters the message unrun; the caller
+    gets that error at once instead of waiting for its timeout."""
+
+    @broker.actor(queue_name=queue_name)
+    async def only_on_the_sender() -> int:
+        return 1
+
+    @broker.actor(queue_name=queue_name)
+    async def anchor() -> None: ...  # keeps the queue among the worker's
+
+    del broker.actors[only_on_the_sender.actor_name]  # as in a worker without it
+    async with Worker(broker, queues=[queue_name]):
+        started = time.monotonic()
+        with pytest.raises(aqueue.ActorError) as info:
+            await only_on_the_sender.call(timeout=20)
+        assert time.monotonic() - started < 5
+    assert info.value.type_name == "ActorNotFound"
+    (letter,) = await broker.dead_letters(queue_name)
+    assert letter.reason == "unknown-actor"
+
+
 async def test_reply_to_is_not_an_actor_option_and_call_needs_the_replies_middleware(
     make_broker: Callable[..., aqueue.Broker], queue_name: str
 ) -> None:

@@ -139,6 +139,46 @@ async def test_a_member_that_fails_for_good_runs_on_failure_once_and_never_on_co
     assert letter.message.args == (3,)
 
 
+async def test_a_member_the_worker_cannot_run_fails_the_group_at_once(
+    broker: aqueue.Broker, queue_name: str, group_queues: list[str]
+) -> None:
+    """A member dead-lettered unrun (its actor unknown to the worker) records its failure:
+    on_failure runs, rather than the group waiting until it expires."""
+    ran: list[str] = []
+
+    @broker.actor(queue_name=queue_name)
+    async def check(n: int) -> int:
+        return n
+
+    @broker.actor(queue_name=queue_name)
+    async def only_on_the_sender(n: int) -> int:
+        return n
+
+    @broker.actor(queue_name=queue_name)
+    async def complete(results: list[int]) -> None:
+        ran.append("complete")
+
+    @broker.actor(queue_name=queue_name)
+    async def alarm(label: str) -> None:
+        ran.append(f"alarm {label}")
+
+    members = aqueue.group(
+        [check.message(1), only_on_the_sender.message(2), check.message(3)],
+        on_complete=complete.message(),
+        on_failure=alarm.message("checks"),
+        broker=broker,
+    )
+    del broker.actors[only_on_the_sender.actor_name]  # as in a worker without it
+    async with Worker(broker, queues=[queue_name]):
+        await members.send()
+        group_queues.append(members.group_id)
+        await eventually(lambda: bool(ran), timeout=10)
+        await broker.join(queue_name, timeout=10)
+    assert ran == ["alarm checks"]
+    (letter,) = await broker.dead_letters(queue_name)
+    assert letter.reason == "unknown-actor" and letter.message.args == (2,)
+
+
 def test_members_and_callbacks_are_validated_when_the_group_is_built(
     broker: aqueue.Broker, queue_name: str
 ) -> None:

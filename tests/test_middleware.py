@@ -357,3 +357,40 @@ async def test_time_limits_of_many_messages_with_different_limits(
     assert sorted(finished) == [0.01, 0.05]
     letters = await broker.dead_letters(queue_name)
     assert sorted(letter.exception or "" for letter in letters) == ["TimeLimitExceeded"] * 2
+
+
+class RejectRecorder(aqueue.Middleware):
+    """Sees rejected messages; fails on the first one, as a hook whose broker is down."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    async def after_reject_message(
+        self, broker: Any, message: aqueue.Message, error: Exception, reason: str
+    ) -> None:
+        self.seen.append((message.actor_name, type(error).__name__, reason))
+        if len(self.seen) == 1:
+            raise RuntimeError("the hook's own store is down")
+
+
+async def test_after_reject_message_sees_a_message_that_cannot_run(
+    broker: aqueue.Broker, queue_name: str
+) -> None:
+    """Called before the dead letter; a hook that fails requeues the message (after a
+    pause), and the next delivery is rejected again."""
+    recorder = RejectRecorder()
+    broker.add_middleware(recorder)
+
+    @broker.actor(queue_name=queue_name)
+    async def gone(n: int) -> None: ...
+
+    @broker.actor(queue_name=queue_name)
+    async def anchor() -> None: ...
+
+    await gone.send(1)
+    del broker.actors[gone.actor_name]  # a worker deployed without this actor
+    async with aqueue.Worker(broker, queues=[queue_name]):
+        await broker.join(queue_name, timeout=10)
+    assert recorder.seen == [("gone", "ActorNotFound", "unknown-actor")] * 2
+    (letter,) = await broker.dead_letters(queue_name)
+    assert letter.reason == "unknown-actor"

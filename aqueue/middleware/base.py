@@ -64,6 +64,14 @@ class Middleware:
     async def after_skip_message(self, context: MessageContext) -> None:
         """Called after a middleware skipped the message."""
 
+    async def after_reject_message(
+        self, broker: Broker, message: Message, error: Exception, reason: str
+    ) -> None:
+        """Called when a worker received a message it cannot run and dead-letters it
+        without running any other hook: its actor is unknown to the worker, or its
+        arguments or options are invalid there (``error``; ``reason`` is the dead letter's
+        ``x-aqueue-reason``). ``message`` is as decoded: its options are not normalized."""
+
     async def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         """Called before a worker starts consuming."""
 

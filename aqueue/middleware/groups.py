@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
@@ -21,6 +21,9 @@ from ..message import Message
 from .base import Middleware
 
 __all__ = ["Groups"]
+
+if TYPE_CHECKING:
+    from ..broker import Broker
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +67,40 @@ class Groups(Middleware):
                 record = failure_record(member.index, _describe(context.exception))
         else:
             record = failure_record(member.index, _describe(context.exception))
-        await self._settle(context, member, record)
+        await _settle(context.broker, member, record)
 
     async def after_skip_message(self, context: MessageContext) -> None:
         option = context.message.options.get(GROUP)
         skip = context.skip
         if option is not None and skip is not None and skip.dead_letter:
             member = member_of(option)
-            await self._settle(context, member, failure_record(member.index, skip.reason))
+            await _settle(context.broker, member, failure_record(member.index, skip.reason))
 
-    async def _settle(self, context: MessageContext, member: GroupMember, record: bytes) -> None:
-        async def publish(outcome: GroupOutcome) -> None:
-            await _publish(context, member, outcome)
+    async def after_reject_message(
+        self, broker: Broker, message: Message, error: Exception, reason: str
+    ) -> None:
+        # A member this worker cannot run (its actor unknown here, its arguments invalid)
+        # fails for good: without its record the group would wait until it expires.
+        option = message.options.get(GROUP)
+        if option is None:
+            return
+        try:
+            member = member_of(option)
+        except (ValidationError, ValueError, TypeError) as exc:
+            log.error("message %s has an invalid group option: %s", message.message_id, exc)
+            return
+        record = failure_record(member.index, f"{reason}: {_describe(error)}")
+        await _settle(broker, member, record)
 
-        await context.broker.settle_group_member(member, record, publish)
+
+async def _settle(broker: Broker, member: GroupMember, record: bytes) -> None:
+    async def publish(outcome: GroupOutcome) -> None:
+        await _publish(broker, member, outcome)
+
+    await broker.settle_group_member(member, record, publish)
 
 
-async def _publish(context: MessageContext, member: GroupMember, outcome: GroupOutcome) -> None:
+async def _publish(broker: Broker, member: GroupMember, outcome: GroupOutcome) -> None:
     if outcome.results is not None:
         callback, name = member.on_complete, "on_complete"
     else:
@@ -92,7 +112,7 @@ async def _publish(context: MessageContext, member: GroupMember, outcome: GroupO
         results = [msgspec.json.decode(raw) for raw in outcome.results]
         message = msgspec.structs.replace(message, args=(*message.args, results))
     try:
-        await context.broker.enqueue(message)
+        await broker.enqueue(message)
     except ValidationError as exc:
         # It can never be published (too large, say): retrying would not help.
         log.error("%s of group %s could not be sent: %s", name, member.id, exc)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._replies import REPLY_TO, error_reply, result_reply
 from ..context import MessageContext
@@ -11,6 +11,10 @@ from ..errors import ValidationError
 from .base import Middleware
 
 __all__ = ["Replies"]
+
+if TYPE_CHECKING:
+    from ..broker import Broker
+    from ..message import Message
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +65,23 @@ class Replies(Middleware):
             return  # the caller waits for the retry
         else:
             body = error_reply(context.exception)
-        await _reply(context, address, body)
+        await _reply(context.broker, context.message.message_id, address, body)
 
     async def after_skip_message(self, context: MessageContext) -> None:
         address = context.message.options.get(REPLY_TO)
         skip = context.skip
         if address and skip is not None and skip.dead_letter:
             body = error_reply(None, type_name=type(skip).__name__, text=skip.reason)
-            await _reply(context, address, body)
+            await _reply(context.broker, context.message.message_id, address, body)
+
+    async def after_reject_message(
+        self, broker: Broker, message: Message, error: Exception, reason: str
+    ) -> None:
+        # The worker cannot run it (its actor unknown there, invalid arguments): answer
+        # the caller now rather than let it wait for its timeout.
+        address = message.options.get(REPLY_TO)
+        if isinstance(address, str) and 0 < len(address) <= _MAX_ADDRESS_LENGTH:
+            await _reply(broker, message.message_id, address, error_reply(error))
 
 
 def _check_size(body: bytes, context: MessageContext) -> None:
@@ -77,10 +90,9 @@ def _check_size(body: bytes, context: MessageContext) -> None:
         raise ValueError(f"the reply is {len(body)} bytes, more than max_message_size ({limit})")
 
 
-async def _reply(context: MessageContext, address: str, body: bytes) -> None:
-    message_id = context.message.message_id
+async def _reply(broker: Broker, message_id: str, address: str, body: bytes) -> None:
     try:
-        await context.broker.publish_reply(address, message_id, body)
+        await broker.publish_reply(address, message_id, body)
     except Exception as exc:
         # The caller times out; the message's outcome stands (replies are at most once).
         log.warning("reply to message %s could not be published: %r", message_id, exc)
