@@ -101,6 +101,47 @@ async def test_middleware_counts_every_outcome(broker: aqueue.Broker, queue_name
     assert value(registry, "aqueue_broker_reconnects_total") == 0
 
 
+async def test_messages_the_worker_cannot_run_are_counted_as_dead_lettered(
+    broker: aqueue.Broker, queue_name: str
+) -> None:
+    registry = CollectorRegistry()
+    broker.add_middleware(Prometheus(registry=registry))
+    events = aqueue.middleware.TaskEvents(flush_interval=0.05)
+    broker.add_middleware(events)
+
+    @broker.actor(queue_name=queue_name)
+    async def known(n: int) -> None: ...
+
+    @broker.actor(queue_name=queue_name)
+    async def gone(n: int) -> None: ...
+
+    await known.send(1)
+    await gone.send(2)
+    await gone.send(3)
+    del broker.actors[gone.actor_name]  # a worker deployed without this actor
+    async with aqueue.Worker(broker, queues=[queue_name]):
+        await broker.join(queue_name, timeout=30)
+        if isinstance(broker, aqueue.InMemoryBroker):  # else the events go to a stream
+            await wait_for(lambda: sum(len(b.events) for b in events.batches) >= 3, 10)
+
+    unknown = {"queue": queue_name, "actor": "(unknown)"}
+    assert value(registry, "aqueue_messages_received_total", **unknown) == 2
+    assert value(registry, "aqueue_messages_dead_lettered_total", **unknown) == 2
+    assert (
+        value(registry, "aqueue_messages_dead_lettered_total", queue=queue_name, actor="known") == 0
+    )
+    if not isinstance(broker, aqueue.InMemoryBroker):
+        return
+    found = sorted(
+        (e.actor, e.outcome, e.exception) for batch in events.batches for e in batch.events
+    )
+    assert found == [
+        ("gone", "failed", "ActorNotFound"),
+        ("gone", "failed", "ActorNotFound"),
+        ("known", "succeeded", None),
+    ]
+
+
 async def test_in_progress_gauge_follows_running_messages(
     broker: aqueue.Broker, queue_name: str
 ) -> None:

@@ -35,6 +35,7 @@ from .base import Middleware
 if TYPE_CHECKING:
     from ..broker import Broker
     from ..context import MessageContext
+    from ..message import Message
     from ..worker import Worker
 
 __all__ = [
@@ -148,23 +149,27 @@ class TaskEvents(Middleware):
             outcome = "retried"
         else:
             outcome = "failed"
-        self._add(context, outcome, duration, exception)
+        self._add(context.message, outcome, duration, exception)
 
     async def after_skip_message(self, context: MessageContext) -> None:
         self._started.pop(id(context), None)
         reason = context.skip.reason if context.skip is not None else None
-        self._add(context, "skipped", None, None, error=reason)
+        self._add(context.message, "skipped", None, None, error=reason)
+
+    async def after_reject_message(
+        self, broker: Broker, message: Message, error: Exception, reason: str
+    ) -> None:
+        self._add(message, "failed", None, error)  # dead-lettered without running
 
     def _add(
         self,
-        context: MessageContext,
+        message: Message,
         outcome: str,
         duration: float | None,
         exception: BaseException | None,
         *,
         error: str | None = None,
     ) -> None:
-        message = context.message
         retries = message.options.get("retries", 0)
         self._buffer.append(
             Event(

@@ -275,6 +275,16 @@ class Prometheus(Middleware):
         if skip is None or skip.dead_letter:
             self.dead_lettered.labels(*labels).inc()
 
+    async def after_reject_message(
+        self, broker: Broker, message: Message, error: Exception, reason: str
+    ) -> None:
+        # Dead-lettered unrun. An actor this worker does not know is labelled "(unknown)":
+        # names from a misbehaving producer must not grow the label set without end.
+        actor = message.actor_name if message.actor_name in broker.actors else "(unknown)"
+        labels = (message.queue_name, actor)
+        self.received.labels(*labels).inc()
+        self.dead_lettered.labels(*labels).inc()
+
     def _finish(self, key: int) -> _Started | None:
         started = self._started.get(key)
         if started is None or started.done:
