@@ -4,10 +4,11 @@ confirm tracked, and what is interrupted or refused is handled per message."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aio_pika
@@ -176,20 +177,34 @@ async def test_without_aiormqs_internals_send_many_publishes_one_by_one(
     assert await rabbit.count(queue_name) == 41
 
 
-async def test_a_batch_cut_by_connection_resets_loses_nothing(
-    rabbit: RabbitAdmin, queue_name: str
-) -> None:
-    """Reset the publishing connection again and again while batches are in flight:
-    every send_many returns (the interrupted messages published again) and every message
-    is in the queue, some twice at most."""
+@contextlib.asynccontextmanager
+async def _proxied_sender(
+    queue_name: str, publish_timeout: float
+) -> AsyncIterator[tuple[FaultProxy, aqueue.RabbitmqBroker, aqueue.Actor[..., None]]]:
+    """A broker connected through a fault proxy, with an actor on ``queue_name`` whose
+    first message opened the publish channel."""
     proxy = await FaultProxy("127.0.0.1", 5672).start()
-    broker = aqueue.RabbitmqBroker(proxy.url(), publish_timeout=30)
+    broker = aqueue.RabbitmqBroker(proxy.url(), publish_timeout=publish_timeout)
     try:
 
         @broker.actor(queue_name=queue_name)
         async def task(i: int) -> None: ...
 
         await task.send(-1)
+        yield proxy, broker, task
+    finally:
+        proxy.blackholed = False
+        await broker.close()
+        await proxy.close()
+
+
+async def test_a_batch_cut_by_connection_resets_loses_nothing(
+    rabbit: RabbitAdmin, queue_name: str
+) -> None:
+    """Reset the publishing connection again and again while batches are in flight:
+    every send_many returns (the interrupted messages published again) and every message
+    is in the queue, some twice at most."""
+    async with _proxied_sender(queue_name, publish_timeout=30) as (proxy, broker, task):
         stop = asyncio.Event()
 
         async def resets() -> int:
@@ -217,9 +232,6 @@ async def test_a_batch_cut_by_connection_resets_loses_nothing(
             stop.set()
             reset_count = await resetter
         elapsed = time.monotonic() - started
-    finally:
-        await broker.close()
-        await proxy.close()
 
     assert reset_count >= 3, f"only {reset_count} resets in {elapsed:.1f} s"
     ids = Counter(await _message_ids(queue_name))
@@ -236,14 +248,7 @@ async def test_a_batch_cut_by_connection_resets_loses_nothing(
 async def test_a_blackholed_batch_fails_within_the_publish_timeout(
     rabbit: RabbitAdmin, queue_name: str
 ) -> None:
-    proxy = await FaultProxy("127.0.0.1", 5672).start()
-    broker = aqueue.RabbitmqBroker(proxy.url(), publish_timeout=1.5)
-    try:
-
-        @broker.actor(queue_name=queue_name)
-        async def task(i: int) -> None: ...
-
-        await task.send(-1)
+    async with _proxied_sender(queue_name, publish_timeout=1.5) as (proxy, broker, task):
         proxy.blackholed = True
         started = time.monotonic()
         with pytest.raises(aqueue.BrokerConnectionError, match="did not confirm"):
@@ -251,9 +256,4 @@ async def test_a_blackholed_batch_fails_within_the_publish_timeout(
         elapsed = time.monotonic() - started
         assert 1.4 < elapsed < 4, elapsed
         await asyncio.sleep(0)  # the futures' done callbacks
-        channel = _underlay(broker)
-        assert channel.message_id_delivery_tag == {}
-    finally:
-        proxy.blackholed = False
-        await broker.close()
-        await proxy.close()
+        assert _underlay(broker).message_id_delivery_tag == {}
