@@ -257,6 +257,9 @@ class Broker(InFlightTracking, SchedulingSupport, ReplySupport, LimitSupport, Gr
         If some fail, the first error is raised after every publish was answered.
         """
         _check_delay(delay)
+        if len({message.message_id for message in messages}) < len(messages):
+            # Confirms and returns are matched by message id within a batch.
+            raise ValidationError("enqueue_many: two messages have the same message id")
         for message in messages:
             for m in self.middleware:
                 await m.before_enqueue(self, message, delay)

@@ -134,15 +134,61 @@ async def test_batches_and_single_sends_share_the_channel(
 
 
 async def test_send_many_declares_a_queue_deleted_behind_its_back(
-    rabbitmq_broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+    rabbitmq_broker: aqueue.RabbitmqBroker,
+    rabbit: RabbitAdmin,
+    queue_name: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     @rabbitmq_broker.actor(queue_name=queue_name)
     async def task(i: int) -> None: ...
 
     await task.send(0)
     await rabbit.delete(queue_name)
+    spy = _Spy(monkeypatch)
     await task.send_many([(i,) for i in range(50)])
     assert await rabbit.count(queue_name) == 50
+    assert (spy.batches, spy.single) == (2, 0)  # returned, declared again, one more batch
+
+
+async def test_an_item_that_cannot_be_framed_fails_alone(
+    rabbitmq_broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+) -> None:
+    await rabbitmq_broker.connect()
+    await rabbitmq_broker.declare_queue(queue_name)
+    items = [Outgoing(queue_name, b"{}", f"m{i}") for i in range(5)]
+    items[2] = Outgoing(queue_name, b"{}", "x" * 300)  # AMQP short strings hold 255 bytes
+    errors = await rabbitmq_broker._publisher.publish_many(items)
+    assert [type(e).__name__ if e else None for e in errors] == [None, None, "TypeError"] + [
+        None
+    ] * 2
+    assert await rabbit.count(queue_name) == 4
+
+
+async def test_an_empty_batch_returns_at_once_without_a_broker() -> None:
+    broker = aqueue.RabbitmqBroker("amqp://guest:guest@127.0.0.1:1/", publish_timeout=5)
+    try:
+
+        @broker.actor(queue_name=unique_name("q"))
+        async def task(i: int) -> None: ...
+
+        started = time.monotonic()
+        assert await task.send_many([]) == []
+        assert time.monotonic() - started < 0.5
+    finally:
+        await broker.close()
+
+
+async def test_enqueue_many_refuses_two_messages_with_one_id(
+    broker: aqueue.Broker, queue_name: str
+) -> None:
+    @broker.actor(queue_name=queue_name)
+    async def task(i: int) -> None: ...
+
+    message = task.message(1)
+    with pytest.raises(aqueue.ValidationError, match="same message id"):
+        await broker.enqueue_many([message, message])
+    info = await broker.queue_info(queue_name)
+    assert info is None or info.ready == 0
 
 
 async def test_a_message_too_large_fails_the_batch_before_anything_is_published(
@@ -199,7 +245,7 @@ async def _proxied_sender(
 
 
 async def test_a_batch_cut_by_connection_resets_loses_nothing(
-    rabbit: RabbitAdmin, queue_name: str
+    rabbit: RabbitAdmin, queue_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Reset the publishing connection again and again while batches are in flight:
     every send_many returns (the interrupted messages published again) and every message
@@ -221,6 +267,15 @@ async def test_a_batch_cut_by_connection_resets_loses_nothing(
                 await asyncio.sleep(0.1)
             return count
 
+        republished = 0
+        publish_until = publisher.Publisher._publish_until
+
+        async def counted(self: publisher.Publisher, item: Outgoing, deadline: float) -> None:
+            nonlocal republished
+            republished += 1
+            await publish_until(self, item, deadline)
+
+        monkeypatch.setattr(publisher.Publisher, "_publish_until", counted)
         resetter = asyncio.ensure_future(resets())
         sent: list[str] = []
         started = time.monotonic()
@@ -234,6 +289,7 @@ async def test_a_batch_cut_by_connection_resets_loses_nothing(
         elapsed = time.monotonic() - started
 
     assert reset_count >= 3, f"only {reset_count} resets in {elapsed:.1f} s"
+    assert republished > 0  # some batch was cut, and its unconfirmed messages sent again
     ids = Counter(await _message_ids(queue_name))
     lost = [m for m in sent if m not in ids]
     duplicated = sum(n - 1 for n in ids.values())
@@ -241,7 +297,8 @@ async def test_a_batch_cut_by_connection_resets_loses_nothing(
     assert duplicated <= len(sent)  # published again after a reset: at least once, not a loop
     print(
         f"sent {len(sent)}, resets {reset_count}, in queue {sum(ids.values())}, "
-        f"duplicated {duplicated}, lost {len(lost)}, {elapsed:.1f} s"
+        f"duplicated {duplicated}, lost {len(lost)}, republished {republished}, "
+        f"{elapsed:.1f} s"
     )
 
 

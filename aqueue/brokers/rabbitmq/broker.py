@@ -309,10 +309,11 @@ class RabbitmqBroker(
         errors: list[BaseException | None] = list(await self._publisher.publish_many(items))
         lost = [i for i, error in enumerate(errors) if isinstance(error, UnroutableError)]
         if lost:
-            again = await asyncio.gather(
-                *(self._publish_message(messages[i], delay) for i in lost),
-                return_exceptions=True,
-            )
+            # Their queue was deleted behind our back: declare it again, publish them once more.
+            for queue_name in {messages[i].queue_name for i in lost}:
+                self._declarations.forget_queue(queue_name)
+            retried = [await self._outgoing(messages[i], delay) for i in lost]
+            again = await self._publisher.publish_many(retried)
             for i, error in zip(lost, again, strict=True):
                 errors[i] = error
         return errors

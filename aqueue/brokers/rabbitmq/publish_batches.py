@@ -15,11 +15,14 @@ there, and the publisher falls back to one ``basic_publish`` per message if not.
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiormq
+import pamqp.exceptions
+import pamqp.frame
 from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
@@ -76,14 +79,15 @@ def can_batch(channel: aiormq.abc.AbstractChannel) -> bool:
 async def write_publishes(
     channel: aiormq.abc.AbstractChannel,
     items: Sequence[Outgoing],
-    futures: list[asyncio.Future[Any]],
+    futures: list[asyncio.Future[Any] | None],
 ) -> None:
-    """Write the publishes of ``items`` in order, appending one confirm future per item
-    to ``futures`` as its chunk is queued for the socket.
+    """Write the publishes of ``items`` in order, appending one entry per item to
+    ``futures`` as its chunk is queued for the socket: its confirm future, or None for an
+    item whose frames could not be made (a name too long for AMQP, say; not written).
 
     If this raises (the channel closed, the caller's timeout), ``futures`` holds the
-    items written before, in order; the rest were not written. The caller must cancel
-    the futures it stops waiting for.
+    entries of the items written before, in order; the rest were not written. The caller
+    must cancel the futures it stops waiting for.
     """
     ch: Any = channel  # aiormq's private parts, checked by can_batch
     async with ch.lock:
@@ -93,34 +97,45 @@ async def write_publishes(
             while end < len(items) and end - start < CHUNK_MESSAGES and size < CHUNK_BYTES:
                 size += len(items[end].body)
                 end += 1
-            chunk = items[start:end]
-            payload = ChannelFrame.marshall(channel_number=ch.number, frames=_frames(ch, chunk))
+            payloads = [_marshalled(ch, item) for item in items[start:end]]
             if ch.is_closed:
                 raise aiormq.exceptions.ChannelInvalidStateError("the channel is closed")
-            registered = [_register(ch, item.message_id) for item in chunk]
+            registered = [
+                None if payload is None else _register(ch, item.message_id)
+                for item, payload in zip(items[start:end], payloads, strict=True)
+            ]
+            frame = ChannelFrame(
+                payload=b"".join(p for p in payloads if p is not None), should_close=False
+            )
             try:
-                await ch.write_queue.put(payload)
+                if frame.payload:
+                    await ch.write_queue.put(frame)
             except BaseException:
                 # Not queued: the broker never sees these, so their tags are free again.
-                for _ in registered:
-                    ch.confirmations.pop(ch.delivery_tag, None)
-                    ch.delivery_tag -= 1
-                for future in registered:
-                    future.cancel()
+                for future in reversed(registered):
+                    if future is not None:
+                        ch.confirmations.pop(ch.delivery_tag, None)
+                        ch.delivery_tag -= 1
+                        future.cancel()
                 raise
             futures.extend(registered)
             start = end
 
 
-def _frames(ch: Any, chunk: Sequence[Outgoing]) -> list[Any]:
-    frames: list[Any] = []
-    for item in chunk:
-        frames.append(
-            Basic.Publish(exchange=item.exchange, routing_key=item.routing_key, mandatory=True)
-        )
-        frames.append(ContentHeader(properties=item.properties(), body_size=len(item.body)))
-        frames.extend(ch._split_body(item.body))
-    return frames
+def _marshalled(ch: Any, item: Outgoing) -> bytes | None:
+    """The frames of one publish, as bytes; None if they cannot be made."""
+    try:
+        return b"".join(pamqp.frame.marshal(frame, ch.number) for frame in _frames(ch, item))
+    except (TypeError, ValueError, struct.error, pamqp.exceptions.PAMQPException):
+        return None
+
+
+def _frames(ch: Any, item: Outgoing) -> list[Any]:
+    return [
+        Basic.Publish(exchange=item.exchange, routing_key=item.routing_key, mandatory=True),
+        ContentHeader(properties=item.properties(), body_size=len(item.body)),
+        *ch._split_body(item.body),
+    ]
 
 
 def _register(ch: Any, message_id: str) -> asyncio.Future[Any]:

@@ -64,12 +64,19 @@ class Publisher:
         (:mod:`.publish_batches`); items a lost connection interrupted are published again
         one by one, as :meth:`publish` does, until the deadline.
         """
+        if not items:
+            return []
         deadline = time.monotonic() + self.timeout
         errors: list[Exception | None] = [None] * len(items)
         again: Sequence[int] = range(len(items))
         underlay = await self._healthy_underlay(deadline)
         if underlay is not None and can_batch(underlay):
             again = await self._publish_batch(underlay, items, errors, deadline)
+            if again and time.monotonic() >= deadline:
+                # Out of time: report them rather than publish them after all.
+                for i in again:
+                    errors[i] = self._timeout_error(items[i].message_id, asyncio.TimeoutError())
+                again = []
         if again:
             results = await asyncio.gather(
                 *(self._publish_until(items[i], deadline) for i in again),
@@ -119,19 +126,22 @@ class Publisher:
         """Write ``items`` in batches and wait for their confirms, filling ``errors``;
         returns the indexes of the items to publish again (not written, or their
         connection was lost before the confirm)."""
-        futures: list[asyncio.Future[Any]] = []
+        futures: list[asyncio.Future[Any] | None] = []
         try:
             try:
                 with anyio.fail_after(max(deadline - time.monotonic(), 0.001)):
                     await write_publishes(channel, items, futures)
             except CONNECTION_ERRORS_OR_TIMEOUT as exc:
                 log.debug("batch publish interrupted (%r); publishing the rest one by one", exc)
-            if futures:
-                await asyncio.wait(futures, timeout=max(deadline - time.monotonic(), 0))
+            written = [future for future in futures if future is not None]
+            if written:
+                await asyncio.wait(written, timeout=max(deadline - time.monotonic(), 0))
             again = list(range(len(futures), len(items)))
             for i, future in enumerate(futures):
                 item = items[i]
-                if not future.done():
+                if future is None:
+                    again.append(i)  # could not be put in frames: the single path says why
+                elif not future.done():
                     errors[i] = self._timeout_error(item.message_id, asyncio.TimeoutError())
                 elif future.cancelled():
                     again.append(i)
@@ -142,7 +152,8 @@ class Publisher:
             return sorted(again)
         finally:
             for future in futures:
-                future.cancel()  # no-op for answered ones; aiormq ignores a late answer
+                if future is not None:
+                    future.cancel()  # no-op for answered ones; aiormq ignores a late answer
 
     async def _publish_until(self, item: Outgoing, deadline: float) -> None:
         """Publish one item through aiormq's ``basic_publish``, waiting for a lost
