@@ -290,7 +290,11 @@ async def test_send_many_cpu_per_message_stays_below_raw_gathered_publishes() ->
     @broker.actor(queue_name=queue, actor_name=ACTOR)
     async def noop(i: int) -> None: ...
 
-    connection = await aio_pika.connect_robust(RABBITMQ_URL)
+    try:
+        connection = await aio_pika.connect_robust(RABBITMQ_URL)
+    except BaseException:
+        await broker.close()
+        raise
     try:
         channel = await connection.channel(publisher_confirms=True)
         await broker.declare_queue(queue)
