@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -137,6 +138,17 @@ def rabbitmqctl(*args: str) -> str:
     return subprocess.run(
         ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
     ).stdout
+
+
+def restart_rabbitmq(down_for: float) -> None:
+    """Stop the default node's app for ``down_for`` seconds; it is started again whatever
+    happens (blocking: run it in a thread)."""
+    rabbitmqctl("stop_app")
+    try:
+        time.sleep(down_for)
+    finally:
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
 
 
 def _is_aqueue_connection_of(pid: int, line: str, role: str | None = None) -> bool:

@@ -15,7 +15,7 @@ import pytest
 
 import aqueue
 
-from .conftest import RABBITMQ_URL, rabbitmqctl, unique_name
+from .conftest import RABBITMQ_URL, rabbitmqctl, restart_rabbitmq, unique_name
 
 CRASHY_MODULE = """
 import asyncio
@@ -202,15 +202,6 @@ async def test_channel_error_on_one_queue_leaves_the_others_alone(
     assert sorted(done) == ["broken 1", "broken 2", "calm 1", "calm 2"]
 
 
-def _restart_rabbitmq(down_for: float) -> None:
-    rabbitmqctl("stop_app")
-    try:
-        time.sleep(down_for)
-    finally:
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_broker_restart_under_load_loses_no_confirmed_message() -> None:
@@ -238,7 +229,7 @@ async def test_broker_restart_under_load_loses_no_confirmed_message() -> None:
             producer = asyncio.ensure_future(produce())
             while len(processed) < 1000:
                 await asyncio.sleep(0.01)
-            outage = asyncio.ensure_future(asyncio.to_thread(_restart_rabbitmq, 3.0))
+            outage = asyncio.ensure_future(asyncio.to_thread(restart_rabbitmq, 3.0))
             assert impatient.connection is not None
             while impatient.connection.connected.is_set():
                 await asyncio.sleep(0.01)

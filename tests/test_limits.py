@@ -19,7 +19,7 @@ import aqueue
 from aqueue.brokers.rabbitmq.limit_queues import _arguments, park_queue_name, token_queue_name
 from aqueue.middleware import Limits
 
-from .conftest import RABBITMQ_URL, RabbitAdmin, unique_name
+from .conftest import RABBITMQ_URL, RabbitAdmin, restart_rabbitmq, unique_name
 
 
 def _max_overlap(spans: list[tuple[float, float]]) -> int:
@@ -552,3 +552,58 @@ async def test_a_lost_connection_returns_its_tokens_and_the_run_goes_on(
     finally:
         await broker.close()
         await proxy.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_a_rabbitmq_restart_keeps_every_token_and_every_message() -> None:
+    """RabbitMQ's app stops for 2 s while limited messages run: afterwards every message
+    ran, the limit holds again, and each pool still has its N tokens (none lost, none
+    added)."""
+    queue, name = unique_name("q"), unique_name("limit")
+    concurrency, rate = aqueue.Limit(name, concurrency=2), aqueue.Limit(name, rate="4/s")
+    broker = aqueue.RabbitmqBroker(RABBITMQ_URL, reconnect_interval=0.5, publish_timeout=60)
+    spans: list[tuple[float, float]] = []
+    done: set[tuple[str, int]] = set()
+
+    @broker.actor(queue_name=queue, limits=[concurrency])
+    async def bounded(n: int) -> None:
+        started = time.monotonic()
+        await asyncio.sleep(0.1)
+        spans.append((started, time.monotonic()))
+        done.add(("bounded", n))
+
+    @broker.actor(queue_name=queue, limits=[rate])
+    async def paced(n: int) -> None:
+        done.add(("paced", n))
+
+    [concurrency_tokens], [rate_tokens] = concurrency.tokens(), rate.tokens()
+    pools = {token_queue_name(concurrency_tokens): 2, token_queue_name(rate_tokens): 4}
+    try:
+        await bounded.send_many([(i,) for i in range(40)])
+        await paced.send_many([(i,) for i in range(20)])
+        async with aqueue.Worker(broker, queues=[queue]):
+            await _wait_until(lambda: len(done) >= 8, 30, "the first runs")
+            await asyncio.to_thread(restart_rabbitmq, 2.0)
+            restarted = time.monotonic()
+            await _wait_until(lambda: len(done) == 60, 120, "every message after the restart")
+            await broker.join(queue, timeout=60)
+    finally:
+        await broker.close()
+    connection = await aio_pika.connect(RABBITMQ_URL)  # the fixtures' died with the restart
+    admin = RabbitAdmin(connection)
+    try:
+        for token_queue, tokens in pools.items():
+            # Parked rate tokens come back within a period.
+            deadline = time.monotonic() + 5
+            while (count := await admin.count(token_queue)) != tokens:
+                assert time.monotonic() < deadline, f"{token_queue}: {count} of {tokens} tokens"
+                await asyncio.sleep(0.05)
+        after = [span for span in spans if span[0] > restarted]
+        assert after, "no limited run after the restart"
+        assert _max_overlap(after) <= 2
+    finally:
+        for token_queue in pools:
+            await admin.delete(token_queue, token_queue + ".park", token_queue + ".filled")
+        await admin.delete(queue, queue + ".XQ")
+        await connection.close()
