@@ -314,3 +314,44 @@ async def test_a_blackholed_batch_fails_within_the_publish_timeout(
         assert 1.4 < elapsed < 4, elapsed
         await asyncio.sleep(0)  # the futures' done callbacks
         assert _underlay(broker).message_id_delivery_tag == {}
+
+
+async def test_concurrent_sends_are_written_together(
+    rabbitmq_broker: aqueue.RabbitmqBroker,
+    rabbit: RabbitAdmin,
+    queue_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sends made while others wait for their confirm go out as batches; a lone send
+    goes out at once, through aiormq."""
+
+    @rabbitmq_broker.actor(queue_name=queue_name)
+    async def task(i: int) -> None: ...
+
+    await task.send(-1)
+    spy = _Spy(monkeypatch)
+    await task.send(0)
+    assert (spy.batches, spy.single) == (0, 1)
+    await asyncio.gather(*(task.send(i) for i in range(1, 301)))
+    assert spy.single + spy.batches < 30, (spy.single, spy.batches)
+    assert await rabbit.count(queue_name) == 302
+    assert rabbitmq_broker._publisher._in_flight == 0
+
+
+async def test_a_cancelled_concurrent_send_leaves_the_others_alone(
+    rabbitmq_broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+) -> None:
+    @rabbitmq_broker.actor(queue_name=queue_name)
+    async def task(i: int) -> None: ...
+
+    await task.send(-1)
+    sends = [asyncio.ensure_future(task.send(i)) for i in range(60)]
+    await asyncio.sleep(0)  # every send has started: one in flight, the rest pending
+    for send in sends[40:]:
+        send.cancel()
+    results = await asyncio.gather(*sends, return_exceptions=True)
+    assert all(r is not None and not isinstance(r, BaseException) for r in results[:40])
+    assert all(isinstance(r, asyncio.CancelledError) for r in results[40:])
+    await asyncio.sleep(0.5)  # a cancelled sender's message may still be queued
+    assert 41 <= await rabbit.count(queue_name) <= 61
+    assert rabbitmq_broker._publisher._in_flight == 0

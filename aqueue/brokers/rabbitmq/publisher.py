@@ -25,6 +25,11 @@ class Publisher:
     def __init__(self, connection: RoleConnection, *, timeout: float) -> None:
         self._connection = connection
         self.timeout = timeout
+        # Single publishes waiting for their confirm, and those that arrived meanwhile,
+        # to be written together at the next turn of the loop (see publish_item).
+        self._in_flight = 0
+        self._pending: list[tuple[Outgoing, asyncio.Future[None]]] = []
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def publish(
         self,
@@ -52,8 +57,53 @@ class Publisher:
         )
 
     async def publish_item(self, item: Outgoing) -> None:
-        """:meth:`publish` for a message already put together."""
-        await self._publish_until(item, time.monotonic() + self.timeout)
+        """:meth:`publish` for a message already put together.
+
+        A publish made while none is in flight goes out at once, through aiormq. One made
+        while others wait for their confirm (concurrent sends) joins those made in the
+        same turn of the event loop, and they are written together, as a batch of
+        :meth:`publish_many`, at the next turn.
+        """
+        if self._in_flight == 0:
+            self._in_flight += 1
+            try:
+                await self._publish_until(item, time.monotonic() + self.timeout)
+            finally:
+                self._in_flight -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, waiter))
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        await waiter
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self._in_flight += len(pending)
+        task = asyncio.ensure_future(self._publish_pending(pending))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _publish_pending(self, pending: list[tuple[Outgoing, asyncio.Future[None]]]) -> None:
+        try:
+            errors = await self.publish_many([item for item, _ in pending])
+        except BaseException as exc:
+            for _, waiter in pending:
+                if not waiter.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        waiter.cancel()
+                    else:
+                        waiter.set_exception(exc)
+            raise
+        finally:
+            self._in_flight -= len(pending)
+        for (_, waiter), error in zip(pending, errors, strict=True):
+            if waiter.done():
+                continue  # its sender was cancelled; the message may be queued
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
 
     async def publish_many(self, items: Sequence[Outgoing]) -> list[Exception | None]:
         """Publish every item, pipelined, and wait for the broker's confirms, ``timeout``
