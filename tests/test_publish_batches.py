@@ -66,6 +66,18 @@ class _Spy:
         monkeypatch.setattr(aiormq.Channel, "basic_publish", counted_single)
 
 
+@pytest.fixture
+async def task(rabbitmq_broker: aqueue.RabbitmqBroker, queue_name: str) -> aqueue.Actor[Any, Any]:
+    """An actor on ``queue_name`` whose first message (``-1``, in the queue) opened the
+    publish channel."""
+
+    @rabbitmq_broker.actor(queue_name=queue_name)
+    async def task(i: int) -> None: ...
+
+    await task.send(-1)
+    return task
+
+
 async def test_send_many_writes_a_batch_and_every_message_arrives(
     rabbitmq_broker: aqueue.RabbitmqBroker,
     rabbit: RabbitAdmin,
@@ -106,14 +118,12 @@ async def test_a_batch_reports_the_unroutable_ones_and_publishes_the_rest(
 
 
 async def test_batches_and_single_sends_share_the_channel(
-    rabbitmq_broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+    rabbitmq_broker: aqueue.RabbitmqBroker,
+    rabbit: RabbitAdmin,
+    queue_name: str,
+    task: aqueue.Actor[Any, Any],
 ) -> None:
     """Delivery tags stay in RabbitMQ's order when batches and single publishes mix."""
-
-    @rabbitmq_broker.actor(queue_name=queue_name)
-    async def task(i: int) -> None: ...
-
-    await task.send(-1)
     nowhere = unique_name("no-such-queue")
 
     async def lost(i: int) -> Exception | None:
@@ -211,11 +221,8 @@ async def test_without_aiormqs_internals_send_many_publishes_one_by_one(
     rabbit: RabbitAdmin,
     queue_name: str,
     monkeypatch: pytest.MonkeyPatch,
+    task: aqueue.Actor[Any, Any],
 ) -> None:
-    @rabbitmq_broker.actor(queue_name=queue_name)
-    async def task(i: int) -> None: ...
-
-    await task.send(-1)
     monkeypatch.setattr(publisher, "can_batch", lambda channel: False)
     spy = _Spy(monkeypatch)
     await task.send_many([(i,) for i in range(40)])
@@ -226,7 +233,7 @@ async def test_without_aiormqs_internals_send_many_publishes_one_by_one(
 @contextlib.asynccontextmanager
 async def _proxied_sender(
     queue_name: str, publish_timeout: float
-) -> AsyncIterator[tuple[FaultProxy, aqueue.RabbitmqBroker, aqueue.Actor[..., None]]]:
+) -> AsyncIterator[tuple[FaultProxy, aqueue.RabbitmqBroker, aqueue.Actor[Any, Any]]]:
     """A broker connected through a fault proxy, with an actor on ``queue_name`` whose
     first message opened the publish channel."""
     proxy = await FaultProxy("127.0.0.1", 5672).start()
@@ -321,14 +328,11 @@ async def test_concurrent_sends_are_written_together(
     rabbit: RabbitAdmin,
     queue_name: str,
     monkeypatch: pytest.MonkeyPatch,
+    task: aqueue.Actor[Any, Any],
 ) -> None:
     """Sends made while others wait for their confirm go out as batches; a lone send
     goes out at once, through aiormq."""
 
-    @rabbitmq_broker.actor(queue_name=queue_name)
-    async def task(i: int) -> None: ...
-
-    await task.send(-1)
     spy = _Spy(monkeypatch)
     await task.send(0)
     assert (spy.batches, spy.single) == (0, 1)
@@ -339,12 +343,11 @@ async def test_concurrent_sends_are_written_together(
 
 
 async def test_a_cancelled_concurrent_send_leaves_the_others_alone(
-    rabbitmq_broker: aqueue.RabbitmqBroker, rabbit: RabbitAdmin, queue_name: str
+    rabbitmq_broker: aqueue.RabbitmqBroker,
+    rabbit: RabbitAdmin,
+    queue_name: str,
+    task: aqueue.Actor[Any, Any],
 ) -> None:
-    @rabbitmq_broker.actor(queue_name=queue_name)
-    async def task(i: int) -> None: ...
-
-    await task.send(-1)
     sends = [asyncio.ensure_future(task.send(i)) for i in range(60)]
     await asyncio.sleep(0)  # every send has started: one in flight, the rest pending
     for send in sends[40:]:

@@ -86,7 +86,7 @@ class Groups(Middleware):
             return
         try:
             member = member_of(option)
-        except (ValidationError, ValueError, TypeError) as exc:
+        except ValueError as exc:
             log.error("message %s has an invalid group option: %s", message.message_id, exc)
             return
         record = failure_record(member.index, f"{reason}: {_describe(error)}")

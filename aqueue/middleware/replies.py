@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 from .._replies import REPLY_TO, error_reply, result_reply
 from ..context import MessageContext
@@ -42,7 +42,7 @@ class Replies(Middleware):
     def normalize_option(self, name: str, value: Any) -> Any:
         if value is None:
             return None
-        if not isinstance(value, str) or not value or len(value) > _MAX_ADDRESS_LENGTH:
+        if not _is_address(value):
             raise ValueError(f"reply_to must be a reply address (a short string), not {value!r}")
         return value
 
@@ -80,8 +80,12 @@ class Replies(Middleware):
         # The worker cannot run it (its actor unknown there, invalid arguments): answer
         # the caller now rather than let it wait for its timeout.
         address = message.options.get(REPLY_TO)
-        if isinstance(address, str) and 0 < len(address) <= _MAX_ADDRESS_LENGTH:
+        if _is_address(address):
             await _reply(broker, message.message_id, address, error_reply(error))
+
+
+def _is_address(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= _MAX_ADDRESS_LENGTH
 
 
 def _check_size(body: bytes, context: MessageContext) -> None:

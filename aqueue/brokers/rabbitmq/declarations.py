@@ -123,26 +123,33 @@ class Declarations:
         """Declare the shared delay levels of ``queue_type``, once."""
         await self._once(_DELAYS + queue_type, lambda: self._declare_delay_levels(queue_type))
 
+    def _declaring(self, key: str, declare: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
+        """The declaration of ``key``, under way or done; started if there is none (a
+        failed one is forgotten, to be made again)."""
+        done = self._done.get(key)
+        if done is None:
+            done = asyncio.ensure_future(declare())
+            self._done[key] = done
+
+            def forget_failure(future: asyncio.Future[None]) -> None:
+                if (future.cancelled() or future.exception()) and self._done.get(key) is future:
+                    del self._done[key]
+
+            done.add_done_callback(forget_failure)
+        return done
+
     async def _once(self, key: str, declare: Callable[[], Awaitable[None]]) -> None:
+        done = self._done.get(key)
+        if done is not None and done.done() and not done.cancelled() and done.exception() is None:
+            return  # declared already: the path of every send
         # Bounded like a publish: while the connection is down, or lost in the middle of
         # a declaration, this waits for it and declares again, until the timeout.
         deadline = time.monotonic() + self._timeout
         while True:
-            done = self._done.get(key)
-            if done is None:
-                done = asyncio.ensure_future(declare())
-                self._done[key] = done
-
-                def forget_failure(future: asyncio.Future[None], key: str = key) -> None:
-                    if (future.cancelled() or future.exception()) and self._done.get(key) is future:
-                        del self._done[key]
-
-                done.add_done_callback(forget_failure)
-            elif done.done() and not done.cancelled() and done.exception() is None:
-                return
             try:
                 await asyncio.wait_for(
-                    asyncio.shield(done), max(deadline - time.monotonic(), 0.001)
+                    asyncio.shield(self._declaring(key, declare)),
+                    max(deadline - time.monotonic(), 0.001),
                 )
                 return
             except asyncio.TimeoutError:

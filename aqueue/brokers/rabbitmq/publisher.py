@@ -154,8 +154,7 @@ class Publisher:
                 return None
         connection = role.connection
         if (
-            channel is None
-            or role.blocked
+            role.blocked
             or connection is None
             or not connection.connected.is_set()
             or channel.is_closed
